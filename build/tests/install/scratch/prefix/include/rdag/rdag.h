@@ -1,0 +1,9 @@
+/* rdag: distributed autograd over RDMA fabrics. Umbrella header of the public API. */
+#ifndef RDAG_RDAG_H
+#define RDAG_RDAG_H
+
+#include <rdag/export.h>
+#include <rdag/error.h>
+#include <rdag/version.h>
+
+#endif /* RDAG_RDAG_H */
