@@ -3,7 +3,7 @@
 set -euo pipefail
 
 pkgs=(
-  build-essential cmake pkg-config python3
+  build-essential cmake ninja-build pkg-config python3
   libibverbs-dev librdmacm-dev ibverbs-providers ibverbs-utils rdmacm-utils perftest
   libfabric-dev libfabric-bin
   libcmocka-dev
