@@ -5,5 +5,9 @@
 # This file includes the relevant testing commands required for 
 # testing this directory and lists subdirectories to be tested as well.
 subdirs("unit")
+subdirs("wire")
+subdirs("fabric")
+subdirs("bootstrap")
+subdirs("rcache")
 subdirs("integration")
 subdirs("install")
