@@ -7,6 +7,7 @@
 subdirs("src")
 subdirs("fabric")
 subdirs("gpu")
+subdirs("tools")
 subdirs("examples")
 subdirs("perf")
 subdirs("tests")
