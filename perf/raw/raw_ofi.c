@@ -164,8 +164,8 @@ void raw_ofi_print_setup(const struct raw_ofi *r)
 	raw_hdr("provider", "%s (fabric %s, domain %s)", i->fabric_attr->prov_name,
 		i->fabric_attr->name, i->domain_attr->name);
 	raw_hdr("endpoint", "FI_EP_RDM, caps %s", str(&i->caps, FI_TYPE_CAPS, a, sizeof(a)));
-	raw_hdr("mode bits", "%s", str(&i->mode, FI_TYPE_MODE, a, sizeof(a)));
-	raw_hdr("mr_mode", "%s", str(&mr_mode, FI_TYPE_MR_MODE, a, sizeof(a)));
+	raw_hdr("mode bits", "%s", i->mode ? str(&i->mode, FI_TYPE_MODE, a, sizeof(a)) : "none");
+	raw_hdr("mr_mode", "%s", mr_mode ? str(&mr_mode, FI_TYPE_MR_MODE, a, sizeof(a)) : "none");
 	raw_hdr("progress", "control %s, data %s",
 		str(&i->domain_attr->control_progress, FI_TYPE_PROGRESS, a, sizeof(a)),
 		str(&i->domain_attr->data_progress, FI_TYPE_PROGRESS, b, sizeof(b)));
