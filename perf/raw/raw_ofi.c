@@ -244,10 +244,35 @@ void raw_ofi_mr_close(struct raw_mr *mr)
 	mr->desc = NULL;
 }
 
+void raw_ofi_own(struct raw_ofi *r, struct raw_ctx *ctxs, size_t n)
+{
+	if (r->nowned < (int)(sizeof(r->owned) / sizeof(r->owned[0]))) {
+		r->owned[r->nowned].base = ctxs;
+		r->owned[r->nowned].n = n;
+		r->nowned++;
+	}
+}
+
+static struct raw_ctx *ours(const struct raw_ofi *r, void *ctx)
+{
+	uintptr_t p = (uintptr_t)ctx;
+	int i;
+
+	for (i = 0; i < r->nowned; i++) {
+		uintptr_t b = (uintptr_t)r->owned[i].base;
+
+		if (p >= b && p < b + r->owned[i].n * sizeof(struct raw_ctx) &&
+		    (p - b) % sizeof(struct raw_ctx) == 0)
+			return ctx;
+	}
+	return NULL;
+}
+
 int raw_ofi_progress(struct raw_ofi *r)
 {
 	struct fi_cq_data_entry e[16];
 	struct fi_cq_err_entry err;
+	struct raw_ctx *c;
 	char buf[256];
 	ssize_t n, i;
 
@@ -260,11 +285,10 @@ int raw_ofi_progress(struct raw_ofi *r)
 			fprintf(stderr, "%s: completion error (fi_cq_readerr failed)\n", r->o->tool);
 			return -1;
 		}
+		c = ours(r, err.op_context);
 		fprintf(stderr, "%s: completion error on %s: %s (provider: %s)\n", r->o->tool,
-			!err.op_context ? "remote data"
-			: ((struct raw_ctx *)err.op_context)->kind == RAW_CTX_SEND ? "send"
-			: ((struct raw_ctx *)err.op_context)->kind == RAW_CTX_RECV ? "receive"
-										 : "write",
+			!c ? "remote data" : c->kind == RAW_CTX_SEND ? "send"
+			: c->kind == RAW_CTX_RECV ? "receive" : "write",
 			fi_strerror(err.err),
 			fi_cq_strerror(r->cq, err.prov_errno, err.err_data, buf, sizeof(buf)));
 		return -1;
@@ -274,10 +298,14 @@ int raw_ofi_progress(struct raw_ofi *r)
 		return -1;
 	}
 	for (i = 0; i < n; i++) {
-		struct raw_ctx *c = e[i].op_context;
-
+		c = ours(r, e[i].op_context);
 		if (!c) {
-			/* Remote CQ data that consumed no posted receive. */
+			/* Remote CQ data that consumed no posted receive (op_context NULL or junk). */
+			if (!(e[i].flags & FI_REMOTE_CQ_DATA)) {
+				fprintf(stderr, "%s: completion with unknown context %p and flags 0x%llx\n",
+					r->o->tool, e[i].op_context, (unsigned long long)e[i].flags);
+				return -1;
+			}
 			r->remote_data++;
 			r->last_data = e[i].data;
 			continue;

@@ -37,6 +37,12 @@ struct raw_ofi {
 	uint64_t sends_done, recvs_done, writes_done, remote_data;
 	uint64_t last_data;    /* remote CQ data of the last notification */
 	size_t last_len;       /* bytes of the last receive */
+	/* Our contexts (raw_ofi_own); a completion naming any other context is remote data. */
+	struct {
+		struct raw_ctx *base;
+		size_t n;
+	} owned[4];
+	int nowned;
 };
 
 /* A registration as the provider asks for it; desc is NULL when no local descriptor is needed. */
@@ -68,6 +74,13 @@ int raw_ofi_connect(struct raw_ofi *r, int fd);
  */
 int raw_ofi_mr_reg(struct raw_ofi *r, void *buf, size_t len, uint64_t access, struct raw_mr *mr);
 void raw_ofi_mr_close(struct raw_mr *mr);
+
+/*
+ * Declares n contexts at ctxs as ours. Completions are classified by their context: shm (1.17)
+ * hands back a non-NULL garbage op_context for remote CQ data at the target, where the spec says
+ * NULL, so a context is trusted only if it is one of ours.
+ */
+void raw_ofi_own(struct raw_ofi *r, struct raw_ctx *ctxs, size_t n);
 
 /*
  * Reaps whatever completions are ready and updates the counters. Returns the number reaped, or

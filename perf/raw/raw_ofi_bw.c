@@ -254,6 +254,9 @@ int main(int argc, char **argv)
 	}
 	for (i = 0; i < b.nwctx; i++)
 		b.wctx[i].kind = RAW_CTX_WRITE;
+	raw_ofi_own(&b.r, b.wctx, (size_t)b.nwctx);
+	raw_ofi_own(&b.r, &b.sctx, 1);
+	raw_ofi_own(&b.r, &b.rctx, 1);
 	memset(b.buf, o.host ? 0xa5 : 0, max);
 	memset(b.ctl, 0, 4096);
 	if (raw_ofi_mr_reg(&b.r, b.buf, max, o.host ? FI_WRITE : FI_REMOTE_WRITE, &b.bufmr) ||

@@ -147,6 +147,8 @@ int main(int argc, char **argv)
 	rc = raw_ofi_open(&l.r, &o, FI_MSG, 0);
 	if (rc)
 		return rc;
+	raw_ofi_own(&l.r, &l.txctx, 1);
+	raw_ofi_own(&l.r, &l.rxctx, 1);
 
 	max = raw_max_size(&o);
 	rc = RAW_EXIT_FAIL;
