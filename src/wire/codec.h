@@ -157,10 +157,16 @@ static inline int wire_fixed(const uint8_t *b, const uint8_t *end, size_t size, 
 /* Decoders of header-only bodies, and the end of variable ones: anything left is trailing. */
 int wire_dec_empty(const uint8_t *b, const uint8_t *end, struct wire_msg *m);
 
-/* Checks that a wrapper's inner span [b, end) can hold a message (RDAG_EWIRE_TRUNCATED). */
+/*
+ * A wrapper's inner span [b, end): sets *inner and checks the inner message's header (valid,
+ * its length exactly the span, zero env); its body is left to wire_decode_inner().
+ */
 int wire_check_inner(const uint8_t *b, const uint8_t *end, struct wire_msg *m, struct wire_bytes *inner);
 
-/* Places an inner message for a wrapper encoder (copies it unless inner is NULL: in place). */
+/*
+ * The same checks on a wrapper encoder's inner message (RDAG_EINVAL): its length, and its header
+ * unless inner is NULL (encoded in place: the encoder checks it there once the size fits).
+ */
 int wire_check_inner_arg(uint8_t kind, const void *inner, size_t inner_len);
 
 /* ---- byte strings (header.c) --------------------------------------------------------------- */

@@ -39,6 +39,8 @@ static int encode(uint8_t kind, uint8_t *p, size_t cap, const struct wire_env *e
 		return rc;
 	if (inner)
 		memmove(p + prefix, inner, inner_len);
+	else if ((rc = wire_check_inner_arg(kind, p + prefix, inner_len)) != 0)
+		return rc;
 	wire_put_hdr(p, kind, *len, env);
 	st64(p + 24, f->ctx_id);
 	st64(p + 32, f->msg_id);

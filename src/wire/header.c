@@ -181,6 +181,27 @@ int wire_dec_empty(const uint8_t *b, const uint8_t *end, struct wire_msg *m)
 	return 0;
 }
 
+/* An inner message's header: valid, exactly `len` long, zero env. */
+static int check_inner_hdr(const uint8_t *p, size_t len)
+{
+	uint32_t total;
+	uint8_t kind;
+	int rc = check_hdr(p, &kind, &total);
+
+	if (rc)
+		return rc;
+	if (total > len)
+		return err_set(RDAG_EWIRE_TRUNCATED, "wire: inner %s of %u bytes in %zu",
+			       wire_kind_name(kind), total, len);
+	if (total < len)
+		return err_set(RDAG_EWIRE_TRAILING, "wire: inner %s of %u bytes in %zu",
+			       wire_kind_name(kind), total, len);
+	if (ld16(p + 12) || ld16(p + 14) || ld64(p + 16))
+		return err_set(RDAG_EWIRE_FIELD, "wire: inner %s carries a sender, credits or request "
+			       "id", wire_kind_name(kind));
+	return 0;
+}
+
 int wire_check_inner(const uint8_t *b, const uint8_t *end, struct wire_msg *m, struct wire_bytes *inner)
 {
 	if (left(b, end) < WIRE_HDR_SIZE)
@@ -188,17 +209,20 @@ int wire_check_inner(const uint8_t *b, const uint8_t *end, struct wire_msg *m, s
 			       wire_kind_name(m->kind), left(b, end));
 	inner->ptr = b;
 	inner->len = (uint32_t)left(b, end);
-	return 0;
+	return check_inner_hdr(b, inner->len);
 }
 
 int wire_check_inner_arg(uint8_t kind, const void *inner, size_t inner_len)
 {
+	int rc;
+
 	if (inner_len < WIRE_HDR_SIZE || inner_len % WIRE_ALIGN || inner_len > WIRE_MAX_LENGTH)
 		return err_set(RDAG_EINVAL, "wire: %s: a wrapped message of %zu bytes is no message",
 			       wire_kind_name(kind), inner_len);
-	if (inner && ld32(inner) != WIRE_MAGIC)
-		return err_set(RDAG_EINVAL, "wire: %s: the wrapped message has no rdag header",
-			       wire_kind_name(kind));
+	rc = inner ? check_inner_hdr(inner, inner_len) : 0;
+	if (rc)
+		return err_set(RDAG_EINVAL, "wire: %s: bad wrapped message: %s (%s)",
+			       wire_kind_name(kind), rdag_strerror(rc), rdag_last_error());
 	return 0;
 }
 

@@ -46,6 +46,9 @@ int wire_encode_prof_req(void *buf, size_t cap, const struct wire_env *env,
 		return rc;
 	if (inner)
 		memmove(p + PROF_REQ_FIXED, inner, inner_len);
+	else if ((rc = wire_check_inner_arg(WIRE_RUN_WITH_PROFILING_REQ, p + PROF_REQ_FIXED,
+					    inner_len)) != 0)
+		return rc;
 	wire_put_hdr(p, WIRE_RUN_WITH_PROFILING_REQ, *len, env);
 	st64(p + 24, r->prof_id);
 	p[32] = r->state;
@@ -98,6 +101,8 @@ int wire_encode_prof_resp(void *buf, size_t cap, const struct wire_env *env, uin
 		return rc;
 	if (inner)
 		memmove(p + prefix, inner, inner_len);
+	else if ((rc = wire_check_inner_arg(WIRE_RUN_WITH_PROFILING_RESP, p + prefix, inner_len)) != 0)
+		return rc;
 	wire_put_hdr(p, WIRE_RUN_WITH_PROFILING_RESP, *len, env);
 	st64(p + 24, prof_id);
 	st32(p + 32, nev);

@@ -26,7 +26,8 @@
  * Decoders (wire_decode, wire_decode_inner):
  *   - validate the whole message (header, every field, every tensor descriptor, padding) and
  *     fill a struct wire_msg view; they never read outside [buf, buf + len), never allocate and
- *     accept nothing trailing;
+ *     accept nothing trailing; a wrapper's inner message has its header checked (valid, exactly
+ *     filling the rest of the wrapper, zero env) but its body is decoded by wire_decode_inner();
  *   - return one RDAG_EWIRE_* code per kind of defect (include/rdag/error.h) and record a
  *     detailed message with err_set(); a buffer shorter than the message always gives
  *     RDAG_EWIRE_TRUNCATED;
@@ -360,7 +361,7 @@ struct wire_msg {
 /*
  * Decodes and fully validates the top-level message in buf[0, len) (len must be exactly the
  * message's length) into *msg (depth 0). Returns 0 or an RDAG_EWIRE_* code; *msg is
- * unspecified on failure. A wrapper's inner message is checked only for a minimal size here:
+ * unspecified on failure. Of a wrapper's inner message only the header is checked here:
  * decode it with wire_decode_inner(). Thread-safe.
  */
 int wire_decode(const void *buf, size_t len, struct wire_msg *msg);
@@ -412,7 +413,7 @@ int wire_encode_exception(void *buf, size_t cap, const struct wire_env *env,
 
 /*
  * FORWARD_AUTOGRAD_REQ / _RESP (forward.c). The inner message must be a complete encoded
- * message with a zero env. Two ways to pass it:
+ * message with a zero env (its header is checked: RDAG_EINVAL). Two ways to pass it:
  *   - inner != NULL: its inner_len bytes are copied after the metadata;
  *   - inner == NULL: the caller already encoded it in place at buf + wire_fwd_prefix(f) (with
  *     cap - wire_fwd_prefix(f) bytes of room), so nothing is copied; inner_len is its length.
