@@ -1,9 +1,0 @@
-/* rdag: distributed autograd over RDMA fabrics. Umbrella header of the public API. */
-#ifndef RDAG_RDAG_H
-#define RDAG_RDAG_H
-
-#include <rdag/export.h>
-#include <rdag/error.h>
-#include <rdag/version.h>
-
-#endif /* RDAG_RDAG_H */
