@@ -482,6 +482,44 @@ out:
 
 /* ---- other ranks: joining rank 0 --------------------------------------------------------- */
 
+/* Takes the rank table from a WELCOME body; our own entry must be what we sent. */
+static int welcome(struct boot *b, const struct boot_opts *o)
+{
+	char **names = calloc(b->world, sizeof(char *)), **hosts = calloc(b->world, sizeof(char *));
+	char why[256];
+	int rc;
+
+	if (!names || !hosts) {
+		rc = err_set(RDAG_ENOMEM, "bootstrap: out of memory for %u ranks", b->world);
+		goto out;
+	}
+	rc = boot_welcome_decode(b->rx.body, b->rx.h.len, b->world, names, hosts);
+	if (rc) {
+		snprintf(why, sizeof(why), "%s", rdag_last_error());
+		rc = err_set(rc, "rank %u got a malformed rank table from %s: %s", b->rank, b->where, why);
+		goto out;
+	}
+	if (strcmp(names[b->rank], o->name) != 0 || strcmp(hosts[b->rank], o->host) != 0) {
+		rc = err_set(RDAG_EINVAL, "rank %u got a rank table from %s that lists it as '%s' on %s, not "
+			     "'%s' on %s", b->rank, b->where, names[b->rank], hosts[b->rank], o->name, o->host);
+		goto out;
+	}
+	for (uint32_t r = 0; r < b->world; r++) {
+		char *t;
+
+		t = b->names[r], b->names[r] = names[r], names[r] = t;
+		t = b->hosts[r], b->hosts[r] = hosts[r], hosts[r] = t;
+	}
+out:
+	for (uint32_t r = 0; names && r < b->world; r++)
+		free(names[r]);
+	for (uint32_t r = 0; hosts && r < b->world; r++)
+		free(hosts[r]);
+	free(names);
+	free(hosts);
+	return rc;
+}
+
 static int client_open(struct boot *b, const struct boot_opts *o)
 {
 	struct boot_hello h;
@@ -541,13 +579,7 @@ static int client_open(struct boot *b, const struct boot_opts *o)
 
 	switch (b->rx.h.type) {
 	case BOOT_WELCOME:
-		rc = boot_welcome_decode(b->rx.body, b->rx.h.len, b->world, b->names, b->hosts);
-		if (rc) {
-			char why[256];
-
-			snprintf(why, sizeof(why), "%s", rdag_last_error());
-			rc = err_set(rc, "rank %u got a malformed rank table from %s: %s", b->rank, b->where, why);
-		}
+		rc = welcome(b, o);
 		break;
 	case BOOT_REFUSE:
 	case BOOT_ABORT: {

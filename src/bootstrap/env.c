@@ -325,7 +325,7 @@ static int resolve_port(struct boot_opts *o)
 		return 0;
 	}
 	o->master_port = (int)(PORT_BASE + boot_fnv1a(o->job_token, strlen(o->job_token)) % PORT_SPAN);
-	o->master_port_src = "derived from the job token";
+	o->master_port_src = "the job token's hash";
 	return 0;
 }
 

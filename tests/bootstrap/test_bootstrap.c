@@ -366,7 +366,7 @@ static void job_token_rule(void **state)
 	assert_string_equal(o.job_token, "s3cret");
 	assert_string_equal(o.token_src, "RDAG_JOB_TOKEN");
 	/* Without a port anywhere, the port follows from the token: same token, same port. */
-	assert_string_equal(o.master_port_src, "derived from the job token");
+	assert_string_equal(o.master_port_src, "the job token's hash");
 	port_b = o.master_port;
 	assert_true(port_b >= 20000 && port_b < 30000);
 	assert_true(port_a >= 20000 && port_a < 30000);
@@ -497,7 +497,7 @@ static void hello_round_trip_and_every_truncation(void **state)
 static void welcome_status_gather_result(void **state)
 {
 	char *names[3] = {"a", "b", "c"}, *hosts[3] = {"h1", "h1", "h2"};
-	char *dn[3], *dh[3], msg[BOOT_MSG_MAX];
+	char *dn[4], *dh[4], msg[BOOT_MSG_MAX];
 	struct boot_buf buf = {0};
 	struct boot_gather_msg g;
 	const void *blobs[3] = {"xyz", "", "0123456789"};

@@ -143,8 +143,9 @@ int main(void)
 		char np[8];
 
 		snprintf(np, sizeof(np), "%d", NP);
-		execl(mpirun, mpirun, "--allow-run-as-root", "--oversubscribe", "-np", np, "-x", portarg, "-x",
-		      "RDAG_BOOT_TIMEOUT=60", self, (char *)NULL);
+		/* By name: given an absolute argv[0], Open MPI derives an install prefix from it. */
+		execlp("mpirun", "mpirun", "--allow-run-as-root", "--oversubscribe", "-np", np, "-x", portarg,
+		       "-x", "RDAG_BOOT_TIMEOUT=60", self, (char *)NULL);
 		fprintf(stderr, "exec %s: %s\n", mpirun, strerror(errno));
 		_exit(127);
 	}

@@ -120,6 +120,7 @@ static void hook(void *arg, unsigned attempt, int code)
 		_exit(3);
 }
 
+static void set_env(const char *name, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void set_env(const char *name, const char *fmt, ...)
 {
 	char v[256];
@@ -374,6 +375,10 @@ static struct result collect(struct child c)
 	if (got != sizeof(r)) {
 		r.rc = -9999;
 		snprintf(r.msg, sizeof(r.msg), "child %d died without a report (status 0x%x)", (int)c.pid, st);
+	} else if (!WIFEXITED(st) || WEXITSTATUS(st) != (r.rc == 0 ? 0 : 1)) {
+		/* A sanitizer (leak report at exit, ...) or a crash after the report. */
+		r.rc = -9998;
+		snprintf(r.msg, sizeof(r.msg), "child %d reported, then ended with status 0x%x", (int)c.pid, st);
 	}
 	return r;
 }
@@ -666,6 +671,31 @@ static void missing_rank_times_out(void **state)
 		expect_fail(res, RDAG_ETIMEDOUT, "rank 3 of 4 never joined", "rank waiting for rank 3");
 		if (res.secs < 1.0 || res.secs > 2.0 + 3.0)
 			fail_msg("rank %d gave up after %.2f s with a 2 s timeout", r, res.secs);
+	}
+}
+
+/* Rank 0 would wait 60 s, but the others give up after 2 s: the first deadline rules everyone. */
+static void missing_rank_first_deadline_wins(void **state)
+{
+	struct child c[3];
+	int port, lfd = bound_socket(&port, 1);
+
+	(void)state;
+	for (int r = 0; r < 3; r++) {
+		struct proc p = base_proc(r, 4, lfd, port);
+
+		p.timeout_ms = r == 0 ? 60000 : 2000;
+		p.how = OPEN_ONLY;
+		c[r] = spawn(&p);
+		if (r == 0)
+			close(lfd);
+	}
+	for (int r = 0; r < 3; r++) {
+		struct result res = collect(c[r]);
+
+		expect_fail(res, RDAG_ETIMEDOUT, "rank 3 of 4 never joined", "rank waiting for rank 3");
+		if (res.secs > 2.0 + 3.0)
+			fail_msg("rank %d gave up after %.2f s; the earliest timeout was 2 s", r, res.secs);
 	}
 }
 
@@ -1011,6 +1041,7 @@ int main(void)
 		cmocka_unit_test(duplicate_rank_refused),
 		cmocka_unit_test(duplicate_name_refused),
 		cmocka_unit_test(missing_rank_times_out),
+		cmocka_unit_test(missing_rank_first_deadline_wins),
 		cmocka_unit_test(rank0_unreachable_times_out),
 		cmocka_unit_test(rank0_started_last),
 		cmocka_unit_test(malformed_frames_rejected),
