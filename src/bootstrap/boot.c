@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -298,6 +299,20 @@ static void warn_if_not_local(const char *addr)
 			 "will try to reach rank 0 there (set RDAG_MASTER_ADDR to this host's name)", addr);
 }
 
+/* Rank 0 holds a socket per rank: raise the soft descriptor limit towards the hard one if needed. */
+static void ensure_fd_room(uint32_t world)
+{
+	struct rlimit rl;
+	rlim_t want = (rlim_t)world + MAX_PENDING + 64;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= want)
+		return;
+	rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max >= want ? want : rl.rlim_max;
+	if (setrlimit(RLIMIT_NOFILE, &rl) == 0)
+		LOG_INFO("bootstrap: raised the open-file limit to %llu for %u ranks",
+			 (unsigned long long)rl.rlim_cur, world);
+}
+
 static int root_open(struct boot *b, const struct boot_opts *o)
 {
 	struct pending pend[MAX_PENDING];
@@ -321,6 +336,7 @@ static int root_open(struct boot *b, const struct boot_opts *o)
 		goto out;
 	}
 	warn_if_not_local(o->master_addr);
+	ensure_fd_room(b->world);
 	pfds = calloc(1 + MAX_PENDING + b->world, sizeof(*pfds));
 	who = calloc(1 + MAX_PENDING + b->world, sizeof(*who));
 	if (!pfds || !who) {
@@ -430,6 +446,17 @@ static int root_open(struct boot *b, const struct boot_opts *o)
 				if (fd < 0) {
 					if (errno == EINTR || errno == ECONNABORTED)
 						continue;
+					if (errno == EMFILE || errno == ENFILE) {
+						struct rlimit rl = {0, 0};
+
+						getrlimit(RLIMIT_NOFILE, &rl);
+						rc = root_abort(b, RDAG_ENOSPC, "rank 0 ran out of file descriptors "
+								"with %u of %u ranks joined (open-file limit %llu): "
+								"raise it (ulimit -n) to at least %u", joined,
+								b->world, (unsigned long long)rl.rlim_cur,
+								b->world + MAX_PENDING + 64);
+						goto out;
+					}
 					if (errno != EAGAIN && errno != EWOULDBLOCK)
 						LOG_WARN("bootstrap: accept failed: %s", strerror(errno));
 					break;

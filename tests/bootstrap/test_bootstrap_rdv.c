@@ -11,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -52,6 +54,7 @@ struct proc {
 	int timeout_ms;
 	enum how how;
 	int up_fd, down_fd, hook_fd;
+	int fd_room;      /* > 0: before opening, cap the open-file limit at (open now + fd_room) */
 };
 
 struct result {
@@ -243,6 +246,18 @@ out:
 	return rc;
 }
 
+static rlim_t open_fds(void)
+{
+	DIR *d = opendir("/proc/self/fd");
+	rlim_t n = 0;
+
+	while (d && readdir(d))
+		n++;
+	if (d)
+		closedir(d);
+	return n >= 3 ? n - 3 : 0; /* less ".", ".." and the DIR's own descriptor */
+}
+
 static int rank_body(const struct proc *p, char *msg, size_t msglen)
 {
 	struct boot_opts o;
@@ -250,6 +265,12 @@ static int rank_body(const struct proc *p, char *msg, size_t msglen)
 	struct boot_gather g;
 	int rc;
 
+	if (p->fd_room > 0) {
+		struct rlimit rl;
+
+		rl.rlim_cur = rl.rlim_max = open_fds() + (rlim_t)p->fd_room;
+		CHECK(setrlimit(RLIMIT_NOFILE, &rl) == 0, "setrlimit: %s", strerror(errno));
+	}
 	make_opts(p, &o);
 	CALL(boot_open(&o, &b));
 	switch (p->how) {
@@ -699,6 +720,38 @@ static void missing_rank_first_deadline_wins(void **state)
 	}
 }
 
+/* Rank 0 runs out of descriptors: a clear error at once, no busy loop until the deadline. */
+static void rank0_out_of_descriptors(void **state)
+{
+	struct child c[8];
+	int port, lfd = bound_socket(&port, 1);
+
+	(void)state;
+	for (int r = 0; r < 8; r++) {
+		struct proc p = base_proc(r, 8, lfd, port);
+
+		p.how = OPEN_ONLY;
+		p.timeout_ms = r == 0 ? 60000 : 3000;
+		p.fd_room = r == 0 ? 3 : 0;
+		c[r] = spawn(&p);
+		if (r == 0)
+			close(lfd);
+	}
+	{
+		struct result res = collect(c[0]);
+
+		expect_fail(res, RDAG_ENOSPC, "ran out of file descriptors", "rank 0");
+		if (res.secs > 3.0 + 3.0)
+			fail_msg("rank 0 needed %.2f s to notice", res.secs);
+	}
+	for (int r = 1; r < 8; r++) {
+		struct result res = collect(c[r]);
+
+		if (res.rc == 0 || res.secs > 3.0 + 3.0)
+			fail_msg("rank %d: %d after %.2f s: %s", r, res.rc, res.secs, res.msg);
+	}
+}
+
 static void rank0_unreachable_times_out(void **state)
 {
 	int port, lfd = bound_socket(&port, 0); /* bound, never listening: connections are refused */
@@ -1042,6 +1095,7 @@ int main(void)
 		cmocka_unit_test(duplicate_name_refused),
 		cmocka_unit_test(missing_rank_times_out),
 		cmocka_unit_test(missing_rank_first_deadline_wins),
+		cmocka_unit_test(rank0_out_of_descriptors),
 		cmocka_unit_test(rank0_unreachable_times_out),
 		cmocka_unit_test(rank0_started_last),
 		cmocka_unit_test(malformed_frames_rejected),
