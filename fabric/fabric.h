@@ -22,6 +22,48 @@
  *    provider's own text.
  *  - Threads: one endpoint is driven by one progress thread at a time; the ops are not required to
  *    be thread-safe for concurrent calls on the same endpoint. Different endpoints are independent.
+ *  - A peer is never the worker itself: posting to one's own rank, to a rank >= npeers or to a rank
+ *    connect() has not inserted returns RDAG_EINVAL (checked on every post; never a crash).
+ *  - Completions: fab_send, fab_write and fab_post_recv each produce EXACTLY ONE completion (success
+ *    or error) carrying the caller's context, unless the post itself returned an error, in which
+ *    case none comes. Only fab_inject produces none. Closing an endpoint discards every completion
+ *    still outstanding; the contexts are never returned after fab_close.
+ *  - Write visibility: a write's local completion always means its source buffer may be reused.
+ *    The target may read the bytes once (a) it sees the FAB_OP_REMOTE_WRITE of a write-with-imm
+ *    (after that write's bytes landed), or (b) with FAB_CAP_ORDER_SAW, it receives a message the
+ *    initiator sent to it after posting the write, or (c) with FAB_CAP_WRITE_DELIVERED, it
+ *    receives a message the initiator sent after reaping the write's completion (the completion
+ *    then means the bytes are in the target's memory). Every provider offers ORDER_SAW or
+ *    WRITE_DELIVERED or both, so "write, then tell the target" always has a correct form.
+ *  - Ordering: messages from one worker to one peer are matched with posted receives in the
+ *    order they were sent (verbs RC gives it; the ofi provider requires FI_ORDER_SAS). Their
+ *    COMPLETIONS may still be reported out of that order (tcp;ofi_rxm reports a small message
+ *    before an earlier large, rendezvous one): the core orders by its own sequence numbers.
+ *    Nothing else is ordered unless a FAB_CAP_ORDER_* flag says so.
+ *  - Remote addresses: a peer writes to mr.remote_base + offset with mr.rkey. remote_base is the
+ *    virtual address on providers that address by it (verbs, ofi with FI_MR_VIRT_ADDR), else 0.
+ *
+ * Changes to this interface since the first draft (fabric core/ofi owner; all additive except the
+ * meaning of FAB_CAP_INJECT, which no provider implemented yet):
+ *  1. The rules above on completions ("exactly one"), write visibility, peers ("never self") and
+ *     ordering (send-after-send matching only; completions may come out of order).
+ *  8. FAB_CAP_WRITE_DELIVERED (new flag, see "Write visibility"). verbs RC completions imply it.
+ *     The ofi provider asks libfabric for FI_DELIVERY_COMPLETE on writes only where the provider
+ *     lacks FI_ORDER_SAW (shm), since it costs a round trip per write elsewhere (tcp;ofi_rxm).
+ *  2. fab_send ALWAYS generates a completion, whatever its size (a provider may still send small
+ *     messages inline internally). Injection without completion is a separate, optional op,
+ *     fab_ops.inject (appended at the end of the table), trampoline fab_inject(): the buffer is
+ *     reusable on return, no completion comes on success, len <= fab_attr.inject_size. A provider
+ *     advertises FAB_CAP_INJECT when it implements it; a NULL or fab_op_nosys entry gives
+ *     RDAG_ENOSYS. A failed injection may surface later as a FAB_OP_SEND error with context NULL.
+ *  3. probe() fills why on success too: one line saying what would be used ("shm (local_only)",
+ *     "rxe0 port 1 gid 1"), printed by rdag_info and logged by fab_open.
+ *  4. fab_select(): the choice fab_open makes, without opening (for rdag_info and logs).
+ *  5. fab_mr_reg_mem(): trampoline for mr_reg with a memory kind and device (for gpu/).
+ *  6. fab_cqe.len for FAB_OP_REMOTE_WRITE is the provider's figure and may be 0 on providers that do
+ *     not report it; errors a provider cannot attribute to a posted op come with context NULL.
+ *  7. FAB_CAP_ORDER_SAW is set only when the provider guarantees it (ofi: FI_ORDER_SAW in both the
+ *     tx and rx msg_order of the opened endpoint; shm 1.17 does not, tcp;ofi_rxm does).
  */
 
 #include <stddef.h>
@@ -37,10 +79,11 @@ enum fab_cap {
 	FAB_CAP_WRITE_IMM = 1u << 0,         /* write with 32-bit immediate data */
 	FAB_CAP_IMM_CONSUMES_RECV = 1u << 1, /* an incoming write-with-imm uses a posted receive */
 	FAB_CAP_RECV_SOURCE = 1u << 2,       /* receive completions name the sending peer */
-	FAB_CAP_INJECT = 1u << 3,            /* small sends complete before fab_send returns */
-	FAB_CAP_WAIT_FD = 1u << 4,           /* fab_ep_wait_fd() gives a pollable descriptor */
+	FAB_CAP_INJECT = 1u << 3,            /* fab_inject() works for len <= inject_size */
+	FAB_CAP_WAIT_FD = 1u << 4,           /* fab_wait_fd()/fab_arm() work (else RDAG_ENOSYS) */
 	FAB_CAP_HMEM_CUDA = 1u << 5,         /* can register CUDA memory */
 	FAB_CAP_ORDER_SAW = 1u << 6,         /* a send is delivered after earlier writes to that peer */
+	FAB_CAP_WRITE_DELIVERED = 1u << 7,   /* a write's completion means its bytes are at the target */
 };
 
 /* Memory access a registration must allow. */
@@ -62,7 +105,7 @@ struct fab_attr {
 	uint32_t caps;          /* enum fab_cap */
 	size_t max_msg_size;    /* largest single send */
 	size_t max_write_size;  /* largest single write */
-	size_t inject_size;     /* sends up to this size may be injected (0: none) */
+	size_t inject_size;     /* fab_inject() takes up to this size (0: no inject) */
 	size_t max_recv_posted; /* receives the endpoint can hold posted */
 	size_t addr_len;        /* bytes of fab_ep_name() */
 };
@@ -89,7 +132,7 @@ struct fab_cqe {
 	void *context;      /* the context given when posting (for REMOTE_WRITE: the receive's, if consumed, else NULL) */
 	enum fab_op op;
 	int status;         /* 0 or RDAG_E* */
-	size_t len;         /* bytes received (RECV) or written (REMOTE_WRITE) */
+	size_t len;         /* bytes received (RECV) or written (REMOTE_WRITE; 0 if not reported) */
 	fab_peer_t peer;    /* the peer involved, or FAB_PEER_UNKNOWN */
 	uint32_t imm;       /* immediate data (REMOTE_WRITE) */
 	int has_imm;
@@ -116,7 +159,10 @@ struct fab_open_opts {
 struct fab_ops {
 	size_t size; /* sizeof(struct fab_ops) at build time, so the table can grow */
 	const char *name;
-	/* Probes whether the provider is usable here; fills why with the reason if not. */
+	/*
+	 * Probes whether the provider is usable here with these options: 0 if so (why says what
+	 * would be used), else a negative code (why says what is missing). Never opens an endpoint.
+	 */
 	int (*probe)(const struct fab_open_opts *opts, char *why, size_t whylen);
 	int (*open)(const struct fab_open_opts *opts, struct fab_ep **ep);
 	void (*close)(struct fab_ep *ep);
@@ -149,6 +195,11 @@ struct fab_ops {
 	int (*arm)(struct fab_ep *ep);
 	/* Attributes of the opened endpoint. */
 	const struct fab_attr *(*attr)(struct fab_ep *ep);
+	/*
+	 * Sends len <= attr.inject_size bytes; the buffer is reusable on return and no completion
+	 * is generated on success (optional: NULL or fab_op_nosys if not FAB_CAP_INJECT).
+	 */
+	int (*inject)(struct fab_ep *ep, fab_peer_t peer, const void *buf, size_t len);
 };
 
 /* Common head of every provider's endpoint struct. */
@@ -161,6 +212,14 @@ int fab_op_nosys(void);
 
 /* Fills opts from the environment (RDAG_FABRIC, RDAG_OFI_PROVIDER, RDAG_IB_*). */
 void fab_opts_from_env(struct fab_open_opts *opts);
+
+/*
+ * The provider fab_open would use with opts, without opening anything: *ops is set and why holds
+ * one line explaining the choice (or, on failure, why nothing is usable). RDAG_EINVAL for an
+ * unknown opts->provider, RDAG_ENODEV when nothing usable is found. Thread-safe.
+ */
+int fab_select(const struct fab_open_opts *opts, const struct fab_ops **ops, char *why,
+	       size_t whylen);
 
 /*
  * Opens an endpoint on the provider opts selects ("auto": verbs if a usable device exists, else
@@ -187,6 +246,11 @@ static inline int fab_mr_reg(struct fab_ep *ep, void *addr, size_t len, uint32_t
 {
 	return ep->ops->mr_reg(ep, addr, len, access, FAB_MEM_HOST, 0, mr);
 }
+static inline int fab_mr_reg_mem(struct fab_ep *ep, void *addr, size_t len, uint32_t access,
+				 enum fab_mem_kind kind, int device, struct fab_mr *mr)
+{
+	return ep->ops->mr_reg(ep, addr, len, access, kind, device, mr);
+}
 static inline int fab_mr_dereg(struct fab_ep *ep, struct fab_mr *mr)
 {
 	return ep->ops->mr_dereg(ep, mr);
@@ -205,6 +269,13 @@ static inline int fab_write(struct fab_ep *ep, fab_peer_t peer, const void *buf,
 			    void *ctx)
 {
 	return ep->ops->write(ep, peer, buf, len, desc, raddr, rkey, has_imm, imm, ctx);
+}
+static inline int fab_inject(struct fab_ep *ep, fab_peer_t peer, const void *buf, size_t len)
+{
+	if (ep->ops->size < offsetof(struct fab_ops, inject) + sizeof(ep->ops->inject) ||
+	    !ep->ops->inject)
+		return RDAG_ENOSYS;
+	return ep->ops->inject(ep, peer, buf, len);
 }
 static inline int fab_poll(struct fab_ep *ep, struct fab_cqe *out, int max)
 {
