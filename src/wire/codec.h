@@ -238,14 +238,18 @@ bool wire_device_ok(const struct wire_device *d);
 /* ---- tensor sections (tensor.c) ------------------------------------------------------------ */
 
 /*
- * Validates n encoder-side descriptors (RDAG_EINVAL naming the bad one) and adds the size of
- * their section (descriptors + inline bytes) to *size (RDAG_EOVERFLOW if it cannot fit a
- * message).
+ * Adds the size of the tensor section of n encoder-side descriptors (descriptors + inline
+ * bytes) to *size: RDAG_EINVAL for a count above the limit or a NULL array, RDAG_EOVERFLOW if
+ * the inline bytes cannot fit a message. The descriptors are validated by wire_tensors_put().
  */
 int wire_tensors_size(uint8_t kind, const struct wire_tensor *t, uint32_t n, size_t *size);
 
-/* Writes the tensor section of n validated descriptors at p; returns the next position. */
-uint8_t *wire_tensors_put(uint8_t *p, const struct wire_tensor *t, uint32_t n);
+/*
+ * Checks each of the n descriptors (RDAG_EINVAL for anything the decoder would refuse) and
+ * writes it, then the inline bytes, at p, which has room for the size wire_tensors_size()
+ * computed. On failure part of the section may have been written.
+ */
+int wire_tensors_put(uint8_t kind, uint8_t *p, const struct wire_tensor *t, uint32_t n);
 
 /*
  * Validates a tensor section of `count` descriptors that runs from p to exactly end (the

@@ -27,8 +27,7 @@ int wire_encode_grad_req(void *buf, size_t cap, const struct wire_env *env,
 	st64(p + 32, req->msg_id);
 	st32(p + 40, req->retain_graph ? WIRE_RETAIN_GRAPH : 0);
 	st32(p + 44, n);
-	wire_tensors_put(p + GRAD_FIXED, tensors, n);
-	return 0;
+	return wire_tensors_put(WIRE_BACKWARD_AUTOGRAD_REQ, p + GRAD_FIXED, tensors, n);
 }
 
 int wire_encode_grad_resp(void *buf, size_t cap, const struct wire_env *env, size_t *len)

@@ -47,8 +47,7 @@ int wire_encode_call_at(uint8_t kind, size_t at, void *buf, size_t cap, const st
 	st32(q + 12, 0);
 	q = wire_put_bytes(q + CALL_FIXED, &c->name);
 	q = wire_put_bytes(q, &c->payload);
-	wire_tensors_put(q, tensors, n);
-	return 0;
+	return wire_tensors_put(kind, q, tensors, n);
 }
 
 int wire_dec_call_at(const uint8_t *q, const uint8_t *end, struct wire_msg *m)
@@ -110,8 +109,7 @@ int wire_encode_resp_kind(uint8_t kind, void *buf, size_t cap, const struct wire
 	st32(p + 24, payload->len);
 	st32(p + 28, n);
 	q = wire_put_bytes(p + RESP_FIXED, payload);
-	wire_tensors_put(q, tensors, n);
-	return 0;
+	return wire_tensors_put(kind, q, tensors, n);
 }
 
 int wire_dec_resp(const uint8_t *b, const uint8_t *end, struct wire_msg *m)

@@ -1,5 +1,6 @@
 /* Tensor descriptors and devices on the wire: validation, encoding, and the decoded-list iterator. */
 #include <limits.h>
+#include <stddef.h>
 
 #include "wire/codec.h"
 
@@ -13,21 +14,23 @@
  */
 #define DESC_HEAD 16u
 
-static const uint8_t dtype_sizes[WIRE_DT_COUNT_] = {
+/* Indexed by any u8, so the hot paths need no bounds check: 0 means unknown. */
+static const uint8_t dtype_sizes[256] = {
 	[WIRE_DT_F16] = 2, [WIRE_DT_BF16] = 2, [WIRE_DT_F32] = 4,  [WIRE_DT_F64] = 8,
 	[WIRE_DT_I8] = 1,  [WIRE_DT_I16] = 2,  [WIRE_DT_I32] = 4,  [WIRE_DT_I64] = 8,
 	[WIRE_DT_U8] = 1,  [WIRE_DT_BOOL] = 1, [WIRE_DT_C64] = 8,  [WIRE_DT_C128] = 16,
 	[WIRE_DT_F8E4M3] = 1, [WIRE_DT_F8E5M2] = 1,
 };
 
-static const uint8_t loc_sizes[WIRE_LOC_COUNT_] = {
+/* Location payload sizes indexed by any u8, for sizing unvalidated encoder input (0 if unknown). */
+static const uint8_t loc_sizes[256] = {
 	[WIRE_LOC_INLINE] = 0, [WIRE_LOC_SLOT] = 16, [WIRE_LOC_RDV] = 16,
 	[WIRE_LOC_RDV_PENDING] = 0, [WIRE_LOC_NCCL] = 8,
 };
 
 unsigned wire_dtype_size(uint8_t dtype)
 {
-	return dtype < WIRE_DT_COUNT_ ? dtype_sizes[dtype] : 0;
+	return dtype_sizes[dtype];
 }
 
 bool wire_device_ok(const struct wire_device *d)
@@ -59,27 +62,109 @@ int wire_check_tensor_count(uint32_t count, struct wire_msg *m)
 }
 
 /*
- * product(dims) * esize == nbytes, without overflow. Returns 0, or 1 for a negative dim, 2 for
- * an overflowing product, 3 for a mismatch.
+ * The first 8 bytes of a descriptor as one little-endian word:
+ *   bits 0-7 dtype, 8-15 rank, 16-23 loc, 24-31 device type, 32-47 device index, 48-63 flags.
+ * struct wire_tensor starts with the same bytes (then nbytes and the dims, as on the wire), so
+ * on little-endian hosts a descriptor and a struct convert by copying words.
  */
-static int shape_check(const int64_t *dims, unsigned rank, unsigned esize, uint64_t nbytes)
-{
-	uint64_t prod = esize;
-	bool zero = false;
+#define SAME_LAYOUT (__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__)
+_Static_assert(offsetof(struct wire_tensor, dtype) == 0 && offsetof(struct wire_tensor, rank) == 1 &&
+		       offsetof(struct wire_tensor, loc) == 2 &&
+		       offsetof(struct wire_tensor, dev_type) == 3 &&
+		       offsetof(struct wire_tensor, dev_index) == 4 &&
+		       offsetof(struct wire_tensor, flags) == 6 &&
+		       offsetof(struct wire_tensor, nbytes) == 8 &&
+		       offsetof(struct wire_tensor, shape) == DESC_HEAD,
+	       "struct wire_tensor must start like a descriptor");
 
-	for (unsigned i = 0; i < rank; i++) {
-		if (dims[i] < 0)
-			return 1;
-		zero |= dims[i] == 0;
+static inline uint64_t head_of(const struct wire_tensor *t)
+{
+	uint64_t h;
+
+	if (SAME_LAYOUT) {
+		memcpy(&h, t, sizeof(h));
+		return h;
 	}
-	if (zero)
-		return nbytes == 0 ? 0 : 3;
-	for (unsigned i = 0; i < rank; i++) {
-		if (__builtin_mul_overflow(prod, (uint64_t)dims[i], &prod))
-			return 2;
-	}
-	return prod == nbytes ? 0 : 3;
+	return (uint64_t)t->dtype | (uint64_t)t->rank << 8 | (uint64_t)t->loc << 16 |
+	       (uint64_t)t->dev_type << 24 | (uint64_t)t->dev_index << 32 | (uint64_t)t->flags << 48;
 }
+
+/*
+ * All fixed fields of a descriptor checked with one branch on the hot path: true if any is out
+ * of its domain (head_diagnose() then says which). esize is dtype_sizes[dtype]. Bytes 1-3
+ * (rank <= 8, location <= 4, device type <= 1) are compared at once: with each byte's top bit
+ * forced on, subtracting (max + 1) leaves that top bit set exactly when the byte exceeds max
+ * (no borrow crosses bytes); a byte that had its top bit set exceeds max anyway.
+ */
+#define HEAD_TOPS 0x80808000ull
+#define HEAD_LIMITS ((uint64_t)(WIRE_MAX_RANK + 1) << 8 | (uint64_t)WIRE_LOC_COUNT_ << 16 | \
+		     (uint64_t)(WIRE_DEV_CUDA + 1) << 24)
+static inline bool head_bad(uint64_t h, unsigned esize)
+{
+	uint64_t x = h & 0xffffff00u;
+
+	return (esize == 0) | (((((x | HEAD_TOPS) - HEAD_LIMITS) | x) & HEAD_TOPS) != 0) |
+	       (((h & 0xff000000u) == 0) & ((h & 0xffff00000000ull) != 0)) | ((h >> 49) != 0);
+}
+
+/* Which fixed field head_bad() objected to: the RDAG_EWIRE_* code and a description. */
+static int head_diagnose(uint64_t h, const char **what)
+{
+	unsigned rank = (h >> 8) & 0xff, loc = (h >> 16) & 0xff, devtype = (h >> 24) & 0xff;
+	unsigned devidx = (h >> 32) & 0xffff;
+
+	if (!dtype_sizes[h & 0xff])
+		return *what = "unknown dtype", RDAG_EWIRE_DTYPE;
+	if (rank > WIRE_MAX_RANK)
+		return *what = "rank above 8", RDAG_EWIRE_COUNT;
+	if (loc >= WIRE_LOC_COUNT_)
+		return *what = "unknown location", RDAG_EWIRE_LOCATION;
+	if (devtype > WIRE_DEV_CUDA)
+		return *what = "unknown device type", RDAG_EWIRE_DEVICE;
+	if (devtype == WIRE_DEV_CPU && devidx != 0)
+		return *what = "cpu device with an index", RDAG_EWIRE_FIELD;
+	return *what = "reserved flags set", RDAG_EWIRE_FLAGS;
+}
+
+/*
+ * product(dims) * esize == nbytes without overflow, in one branch-free pass over the dims
+ * (dim(i) gives dim i as a u64). Sets result to 0, or 1 for a negative dim, 2 for an
+ * overflowing product, 3 for a mismatch. A zero dim makes the product 0 whatever the others,
+ * so an overflow is looked at again only then (rare path).
+ */
+#define SHAPE_STEP_(k, dim)                                                                           \
+	case (k) + 1:                                                                              \
+		d_ = (dim(k));                                                                     \
+		or_ |= d_;                                                                         \
+		ovf_ |= __builtin_mul_overflow(prod_, d_, &prod_);                                 \
+		WIRE_FALLTHROUGH_
+#define SHAPE_CHECK(rank, esize, nbytes, dim, result)                                              \
+	do {                                                                                       \
+		uint64_t prod_ = (esize), or_ = 0, d_;                                             \
+		bool ovf_ = false;                                                                 \
+		switch (rank) { /* unrolled: rank <= 8 was checked */                              \
+			SHAPE_STEP_(7, dim);                                                            \
+			SHAPE_STEP_(6, dim);                                                            \
+			SHAPE_STEP_(5, dim);                                                            \
+			SHAPE_STEP_(4, dim);                                                            \
+			SHAPE_STEP_(3, dim);                                                            \
+			SHAPE_STEP_(2, dim);                                                            \
+			SHAPE_STEP_(1, dim);                                                            \
+			SHAPE_STEP_(0, dim);                                                            \
+		default:                                                                           \
+			break;                                                                     \
+		}                                                                                  \
+		if (__builtin_expect(ovf_, 0)) {                                                   \
+			bool zero_ = false;                                                        \
+			for (unsigned i_ = 0; i_ < (rank); i_++)                                   \
+				zero_ |= (dim(i_)) == 0;                                           \
+			if (!zero_)                                                                \
+				prod_ = 0, ovf_ = (or_ >> 63) == 0;                                \
+			else                                                                       \
+				prod_ = 0, ovf_ = false;                                           \
+		}                                                                                  \
+		(result) = (or_ >> 63) ? 1 : ovf_ ? 2 : prod_ == (nbytes) ? 0 : 3;                 \
+	} while (0)
 
 static const char *const shape_errs[] = {"", "a negative dim", "a shape product that overflows",
 					  "a shape product that does not match its byte length"};
@@ -93,178 +178,170 @@ int wire_tensors_size(uint8_t kind, const struct wire_tensor *t, uint32_t n, siz
 			       WIRE_MAX_TENSORS);
 	if (n && !t)
 		return err_set(RDAG_EINVAL, "wire: %s: %u tensors but no array", wire_kind_name(kind), n);
+	/* Sizes only (any rank and location give a bounded size): wire_tensors_put() validates. */
 	for (uint32_t i = 0; i < n; i++, t++) {
-		unsigned esize = wire_dtype_size(t->dtype);
-		int bad;
-
-		if (!esize)
-			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: unknown dtype %u",
-				       wire_kind_name(kind), i, t->dtype);
-		if (t->rank > WIRE_MAX_RANK)
-			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: rank %u (limit %u)",
-				       wire_kind_name(kind), i, t->rank, WIRE_MAX_RANK);
-		if (t->loc >= WIRE_LOC_COUNT_)
-			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: unknown location %u",
-				       wire_kind_name(kind), i, t->loc);
-		if (!wire_device_ok(&t->device))
-			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: bad device %u:%u",
-				       wire_kind_name(kind), i, t->device.type, t->device.index);
-		if (t->flags & ~WIRE_TF_REQUIRES_GRAD)
-			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: unknown flags 0x%x",
-				       wire_kind_name(kind), i, t->flags);
-		bad = shape_check(t->shape, t->rank, esize, t->nbytes);
-		if (bad)
-			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: %s", wire_kind_name(kind), i,
-				       shape_errs[bad]);
 		sz += DESC_HEAD + 8u * t->rank + loc_sizes[t->loc];
-		switch (t->loc) {
-		case WIRE_LOC_INLINE:
-			if (t->nbytes && !t->u.data)
-				return err_set(RDAG_EINVAL, "wire: %s: tensor %u: inline without data",
-					       wire_kind_name(kind), i);
+		if (t->loc == WIRE_LOC_INLINE) {
 			if (t->nbytes > WIRE_MAX_LENGTH || sz > WIRE_MAX_LENGTH)
 				return err_set(RDAG_EOVERFLOW, "wire: %s: tensor %u: %llu inline bytes "
 					       "do not fit in a message", wire_kind_name(kind), i,
 					       (unsigned long long)t->nbytes);
 			sz += pad8((size_t)t->nbytes);
-			break;
-		case WIRE_LOC_SLOT:
-			if (t->u.slot.offset + t->u.slot.length < t->u.slot.offset)
-				return err_set(RDAG_EINVAL, "wire: %s: tensor %u: slot offset + length "
-					       "overflows", wire_kind_name(kind), i);
-			if (t->nbytes > t->u.slot.length)
-				return err_set(RDAG_EINVAL, "wire: %s: tensor %u: %llu bytes in a "
-					       "%llu-byte slot", wire_kind_name(kind), i,
-					       (unsigned long long)t->nbytes,
-					       (unsigned long long)t->u.slot.length);
-			break;
-		case WIRE_LOC_RDV:
-			if (t->u.rdv.addr + t->nbytes < t->u.rdv.addr)
-				return err_set(RDAG_EINVAL, "wire: %s: tensor %u: address + length "
-					       "overflows", wire_kind_name(kind), i);
-			break;
-		default:
-			break;
 		}
 	}
 	*size = sz;
 	return 0;
 }
 
-uint8_t *wire_tensors_put(uint8_t *p, const struct wire_tensor *t, uint32_t n)
+/* The encoder's rules for one descriptor (the decoder's, as RDAG_EINVAL); 0 if valid. */
+static int check_tensor(uint8_t kind, uint32_t i, const struct wire_tensor *t)
+{
+	uint64_t h = head_of(t);
+	unsigned esize = dtype_sizes[t->dtype];
+	int bad;
+
+	if (__builtin_expect(head_bad(h, esize), 0)) {
+		const char *what;
+
+		head_diagnose(h, &what);
+		return err_set(RDAG_EINVAL, "wire: %s: tensor %u: %s", wire_kind_name(kind), i, what);
+	}
+#define DIM(k) (uint64_t)t->shape[k]
+	SHAPE_CHECK(t->rank, esize, t->nbytes, DIM, bad);
+#undef DIM
+	if (__builtin_expect(bad, 0))
+		return err_set(RDAG_EINVAL, "wire: %s: tensor %u: %s", wire_kind_name(kind), i,
+			       shape_errs[bad]);
+	switch (t->loc) {
+	case WIRE_LOC_INLINE:
+		if (t->nbytes && !t->u.data)
+			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: inline without data",
+				       wire_kind_name(kind), i);
+		break;
+	case WIRE_LOC_SLOT:
+		if (t->u.slot.offset + t->u.slot.length < t->u.slot.offset)
+			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: slot offset + length overflows",
+				       wire_kind_name(kind), i);
+		if (t->nbytes > t->u.slot.length)
+			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: %llu bytes in a %llu-byte slot",
+				       wire_kind_name(kind), i, (unsigned long long)t->nbytes,
+				       (unsigned long long)t->u.slot.length);
+		break;
+	case WIRE_LOC_RDV:
+		if (t->u.rdv.addr + t->nbytes < t->u.rdv.addr)
+			return err_set(RDAG_EINVAL, "wire: %s: tensor %u: address + length overflows",
+				       wire_kind_name(kind), i);
+		break;
+	default:
+		break;
+	}
+	return 0;
+}
+
+int wire_tensors_put(uint8_t kind, uint8_t *p, const struct wire_tensor *t, uint32_t n)
 {
 	uint8_t *data;
-	uint32_t i;
+	uint32_t i, ninline = 0;
+	int rc;
 
-	/* Descriptors first; the inline bytes go after the last one. */
+	/* Descriptors first (each checked, then written); the inline bytes go after the last. */
 	for (i = 0; i < n; i++) {
 		const struct wire_tensor *x = &t[i];
+		unsigned rank = x->rank;
 
-		p[0] = x->dtype;
-		p[1] = x->rank;
-		p[2] = x->loc;
-		p[3] = x->device.type;
-		st16(p + 4, x->device.index);
-		st16(p + 6, x->flags);
-		st64(p + 8, x->nbytes);
-		p += DESC_HEAD;
-		for (unsigned d = 0; d < x->rank; d++, p += 8)
-			st64(p, (uint64_t)x->shape[d]);
+		rc = check_tensor(kind, i, x);
+		if (__builtin_expect(rc, 0))
+			return rc;
+		if (SAME_LAYOUT) {
+			/* head, nbytes, dims: 2 + rank words copied as they are */
+			wire_copy_desc_(p, x, rank);
+		} else {
+			st64(p, head_of(x));
+			st64(p + 8, x->nbytes);
+			for (unsigned d = 0; d < rank; d++)
+				st64(p + DESC_HEAD + 8 * d, (uint64_t)x->shape[d]);
+		}
+		p += DESC_HEAD + 8 * rank;
 		switch (x->loc) {
-		case WIRE_LOC_SLOT:
+		case WIRE_LOC_SLOT: /* slot {offset, length} and rdv {addr, key}: two u64 */
+		case WIRE_LOC_RDV:
 			st64(p, x->u.slot.offset);
 			st64(p + 8, x->u.slot.length);
-			p += 16;
-			break;
-		case WIRE_LOC_RDV:
-			st64(p, x->u.rdv.addr);
-			st64(p + 8, x->u.rdv.key);
 			p += 16;
 			break;
 		case WIRE_LOC_NCCL:
 			st64(p, x->u.nccl_tag);
 			p += 8;
 			break;
+		case WIRE_LOC_INLINE:
+			ninline++;
+			break;
 		default:
 			break;
 		}
 	}
 	data = p;
-	for (i = 0; i < n; i++) {
+	for (i = 0; ninline && i < n; i++) {
 		if (t[i].loc == WIRE_LOC_INLINE) {
 			struct wire_bytes b = {t[i].u.data, (uint32_t)t[i].nbytes};
 
 			data = wire_put_bytes(data, &b);
+			ninline--;
 		}
 	}
-	return data;
+	return 0;
 }
 
 int wire_tensors_get(const uint8_t *p, const uint8_t *end, uint32_t count, struct wire_msg *m,
 		     struct wire_tensor_list *l)
 {
-	const char *kn = wire_kind_name(m->kind);
 	uint64_t inline_total = 0; /* padded inline bytes, never above left(p, end) */
 	uint32_t ninline = 0;
-	int64_t dims[WIRE_MAX_RANK];
 
 	l->count = count;
 	l->desc = p;
 	for (uint32_t i = 0; i < count; i++) {
-		unsigned esize, rank, loc, bad;
-		uint16_t flags;
-		uint64_t nbytes;
+		unsigned esize, rank, loc;
+		uint64_t h, nbytes;
 		size_t need, avail;
-		struct wire_device dev;
+		int bad;
 
-		if (left(p, end) < DESC_HEAD)
-			return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: truncated in tensor %u", kn, i);
-		esize = wire_dtype_size(p[0]);
-		rank = p[1];
-		loc = p[2];
-		dev.type = p[3];
-		dev.index = ld16(p + 4);
-		flags = ld16(p + 6);
+		if (__builtin_expect(left(p, end) < DESC_HEAD, 0))
+			return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: truncated in tensor %u",
+				       wire_kind_name(m->kind), i);
+		h = ld64(p);
+		esize = dtype_sizes[h & 0xff];
 		nbytes = ld64(p + 8);
-		if (!esize)
-			return err_set(RDAG_EWIRE_DTYPE, "wire: %s: tensor %u: unknown dtype %u", kn, i,
-				       p[0]);
-		if (rank > WIRE_MAX_RANK)
-			return err_set(RDAG_EWIRE_COUNT, "wire: %s: tensor %u: rank %u (limit %u)", kn, i,
-				       rank, WIRE_MAX_RANK);
-		if (loc >= WIRE_LOC_COUNT_)
-			return err_set(RDAG_EWIRE_LOCATION, "wire: %s: tensor %u: unknown location %u",
-				       kn, i, loc);
-		if (dev.type != WIRE_DEV_CPU && dev.type != WIRE_DEV_CUDA)
-			return err_set(RDAG_EWIRE_DEVICE, "wire: %s: tensor %u: unknown device type %u",
-				       kn, i, dev.type);
-		if (!wire_device_ok(&dev))
-			return err_set(RDAG_EWIRE_FIELD, "wire: %s: tensor %u: cpu device with index %u",
-				       kn, i, dev.index);
-		if (flags & ~WIRE_TF_REQUIRES_GRAD)
-			return err_set(RDAG_EWIRE_FLAGS, "wire: %s: tensor %u: reserved flags 0x%x", kn,
-				       i, flags);
-		need = DESC_HEAD + 8u * rank + loc_sizes[loc];
-		if (left(p, end) < need)
-			return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: truncated in tensor %u", kn, i);
-		/* What follows this descriptor must hold the inline bytes seen so far. */
-		avail = left(p, end) - need;
-		if (inline_total > avail)
-			return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: truncated in the inline bytes "
-				       "before tensor %u", kn, i);
+		if (__builtin_expect(head_bad(h, esize), 0)) {
+			const char *what;
+			int code = head_diagnose(h, &what);
+
+			return err_set(code, "wire: %s: tensor %u: %s (descriptor head 0x%016llx)",
+				       wire_kind_name(m->kind), i, what, (unsigned long long)h);
+		}
+		rank = (h >> 8) & 0xff;
+		loc = (h >> 16) & 0xff;
+		need = DESC_HEAD + 8u * rank + wire_loc_size_(loc);
+		if (__builtin_expect(left(p, end) < need, 0))
+			return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: truncated in tensor %u",
+				       wire_kind_name(m->kind), i);
+		avail = left(p, end) - need; /* bytes after this descriptor */
 		p += DESC_HEAD;
-		for (unsigned d = 0; d < rank; d++, p += 8)
-			dims[d] = (int64_t)ld64(p);
-		bad = (unsigned)shape_check(dims, rank, esize, nbytes);
-		if (bad)
-			return err_set(RDAG_EWIRE_SHAPE, "wire: %s: tensor %u: %s", kn, i, shape_errs[bad]);
+#define DIM(k) ld64(p + 8 * (k))
+		SHAPE_CHECK(rank, esize, nbytes, DIM, bad);
+#undef DIM
+		if (__builtin_expect(bad, 0))
+			return err_set(RDAG_EWIRE_SHAPE, "wire: %s: tensor %u: %s",
+				       wire_kind_name(m->kind), i, shape_errs[bad]);
+		p += 8u * rank;
 		switch (loc) {
 		case WIRE_LOC_INLINE: {
-			uint64_t room = avail - inline_total;
+			/* What follows must hold the inline bytes so far and these. */
+			uint64_t room = inline_total > avail ? 0 : avail - inline_total;
 
 			if (nbytes > room || pad8((size_t)nbytes) > room)
 				return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: tensor %u: %llu inline "
-					       "bytes run past the end", kn, i,
+					       "bytes run past the end", wire_kind_name(m->kind), i,
 					       (unsigned long long)nbytes);
 			inline_total += pad8((size_t)nbytes);
 			ninline++;
@@ -273,29 +350,32 @@ int wire_tensors_get(const uint8_t *p, const uint8_t *end, uint32_t count, struc
 		case WIRE_LOC_SLOT: {
 			uint64_t off = ld64(p), len = ld64(p + 8);
 
-			if (off + len < off)
+			if (__builtin_expect(off + len < off, 0))
 				return err_set(RDAG_EWIRE_LENGTH, "wire: %s: tensor %u: slot offset + "
-					       "length overflows", kn, i);
-			if (nbytes > len)
+					       "length overflows", wire_kind_name(m->kind), i);
+			if (__builtin_expect(nbytes > len, 0))
 				return err_set(RDAG_EWIRE_FIELD, "wire: %s: tensor %u: %llu bytes in a "
-					       "%llu-byte slot", kn, i, (unsigned long long)nbytes,
-					       (unsigned long long)len);
+					       "%llu-byte slot", wire_kind_name(m->kind), i,
+					       (unsigned long long)nbytes, (unsigned long long)len);
 			break;
 		}
 		case WIRE_LOC_RDV:
 			if (ld64(p) + nbytes < ld64(p))
 				return err_set(RDAG_EWIRE_LENGTH, "wire: %s: tensor %u: address + length "
-					       "overflows", kn, i);
+					       "overflows", wire_kind_name(m->kind), i);
 			break;
 		default:
 			break;
 		}
-		p += loc_sizes[loc];
+		p += wire_loc_size_(loc);
 	}
 	l->data = p;
+	if (inline_total > left(p, end))
+		return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: inline bytes run past the end",
+			       wire_kind_name(m->kind));
 	if (inline_total < left(p, end))
-		return err_set(RDAG_EWIRE_TRAILING, "wire: %s: %zu bytes after the tensors", kn,
-			       left(p, end) - (size_t)inline_total);
+		return err_set(RDAG_EWIRE_TRAILING, "wire: %s: %zu bytes after the tensors",
+			       wire_kind_name(m->kind), left(p, end) - (size_t)inline_total);
 	if (ninline) {
 		/* Second pass, inline tensors only: their padding must be zero. */
 		const uint8_t *d = l->desc, *data = l->data;
@@ -308,54 +388,12 @@ int wire_tensors_get(const uint8_t *p, const uint8_t *end, uint32_t count, struc
 
 				if (!all_zero(data + nbytes, padded - (size_t)nbytes))
 					return err_set(RDAG_EWIRE_FIELD, "wire: %s: tensor %u: non-zero "
-						       "padding after its inline bytes", kn, i);
+						       "padding after its inline bytes",
+						       wire_kind_name(m->kind), i);
 				data += padded;
 			}
-			d += DESC_HEAD + 8u * d[1] + loc_sizes[d[2]];
+			d += DESC_HEAD + 8u * d[1] + wire_loc_size_(d[2]);
 		}
 	}
 	return 0;
-}
-
-bool wire_tensor_next(struct wire_tensor_iter *it, struct wire_tensor *t)
-{
-	const uint8_t *p = it->desc;
-
-	if (!it->left)
-		return false;
-	it->left--;
-	t->dtype = p[0];
-	t->rank = p[1];
-	t->loc = p[2];
-	t->device.type = p[3];
-	t->device.index = ld16(p + 4);
-	t->flags = ld16(p + 6);
-	t->nbytes = ld64(p + 8);
-	p += DESC_HEAD;
-	for (unsigned d = 0; d < t->rank; d++, p += 8)
-		t->shape[d] = (int64_t)ld64(p);
-	switch (t->loc) {
-	case WIRE_LOC_INLINE:
-		t->u.data = it->data;
-		it->data += pad8((size_t)t->nbytes);
-		break;
-	case WIRE_LOC_SLOT:
-		t->u.slot.offset = ld64(p);
-		t->u.slot.length = ld64(p + 8);
-		p += 16;
-		break;
-	case WIRE_LOC_RDV:
-		t->u.rdv.addr = ld64(p);
-		t->u.rdv.key = ld64(p + 8);
-		p += 16;
-		break;
-	case WIRE_LOC_NCCL:
-		t->u.nccl_tag = ld64(p);
-		p += 8;
-		break;
-	default:
-		break;
-	}
-	it->desc = p;
-	return true;
 }

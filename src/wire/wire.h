@@ -15,11 +15,14 @@
  *
  * Encoders (wire_encode_*):
  *   - write into a caller-provided buffer and never allocate;
- *   - validate their input first (RDAG_EINVAL for anything the decoder would reject, so a
- *     message that encodes always decodes), then compute the size: if it exceeds cap they write
- *     nothing, set *len to the size needed and return RDAG_ENOSPC; otherwise they write the
- *     message, set *len to its length and return 0. cap may be 0 (buf may then be NULL) to ask
- *     for the size.
+ *   - compute the size first: if it exceeds cap they write nothing, set *len to the size
+ *     needed and return RDAG_ENOSPC (cap may be 0 and buf NULL to ask for the size);
+ *     otherwise they write the message, set *len to its length and return 0;
+ *   - refuse input the decoder would reject with RDAG_EINVAL, so a message that encodes always
+ *     decodes (RDAG_EOVERFLOW above WIRE_MAX_LENGTH). Fixed fields are checked before anything
+ *     is written; tensor descriptors are checked as they are written (one pass on the hot
+ *     path), so after an RDAG_EINVAL about a tensor the buffer holds a partial message, and an
+ *     invalid tensor with a too-small buffer may report RDAG_ENOSPC first.
  *   - take a struct wire_env (request id, sender, piggybacked credits) for the header; NULL
  *     means all zero, which is what a message wrapped inside another must carry.
  *
@@ -163,13 +166,18 @@ struct wire_rref_id {
 	uint64_t local_id;
 };
 
-/* One tensor descriptor (encoder input, iterator output). */
+/*
+ * One tensor descriptor (encoder input, iterator output). Its first 16 + 8 * rank bytes have
+ * the layout of the descriptor on the wire (on little-endian hosts), so the hot paths copy
+ * words instead of fields: keep the order of these fields.
+ */
 struct wire_tensor {
 	uint8_t dtype;                 /* enum wire_dtype */
 	uint8_t rank;                  /* number of dims used in shape[], <= WIRE_MAX_RANK */
 	uint8_t loc;                   /* enum wire_loc */
+	uint8_t dev_type;              /* enum wire_devtype */
+	uint16_t dev_index;            /* CUDA device ordinal; 0 for CPU */
 	uint16_t flags;                /* WIRE_TF_* */
-	struct wire_device device;
 	uint64_t nbytes;               /* must equal product(shape) * element size */
 	int64_t shape[WIRE_MAX_RANK];  /* dims >= 0 */
 	union {
@@ -381,14 +389,17 @@ int wire_decode_inner(const struct wire_msg *outer, struct wire_msg *inner);
  */
 int wire_peek(const void *buf, size_t len, uint8_t *kind, uint32_t *total);
 
-/* Reads the next tensor descriptor into *t; false once all have been read. Thread-safe. */
+/*
+ * Starts reading a decoded tensor list; wire_tensor_next() (inline, wire/tensor_iter.h) then
+ * reads one descriptor per call into a struct wire_tensor and returns false after the last.
+ * Thread-safe.
+ */
 static inline void wire_tensors_begin(const struct wire_tensor_list *l, struct wire_tensor_iter *it)
 {
 	it->desc = l->desc;
 	it->data = l->data;
 	it->left = l->count;
 }
-bool wire_tensor_next(struct wire_tensor_iter *it, struct wire_tensor *t);
 
 /* Entry i (< l->count) of a decoded device map. Thread-safe. */
 void wire_devmap_get(const struct wire_devmap_list *l, uint16_t i, struct wire_devpair *out);
@@ -486,5 +497,7 @@ const char *wire_kind_name(uint8_t kind);
 
 /* True for the kinds that wrap an inner message. Thread-safe. */
 bool wire_kind_wraps(uint8_t kind);
+
+#include "wire/tensor_iter.h"
 
 #endif /* RDAG_WIRE_WIRE_H */

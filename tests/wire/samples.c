@@ -137,7 +137,10 @@ static void init(void)
 		if (i % 3 == 1)
 			mixed[i].flags = WIRE_TF_REQUIRES_GRAD;
 		if (i % 4 == 3)
-			mixed[i].device = (struct wire_device){WIRE_DEV_CUDA, (uint16_t)(i % 2 ? 0xffff : 0)};
+			{
+			mixed[i].dev_type = WIRE_DEV_CUDA;
+			mixed[i].dev_index = (uint16_t)(i % 2 ? 0xffff : 0);
+		}
 	}
 	mixed[3].u.slot.offset = U64MAX - mixed[3].u.slot.length; /* slot at the arena's very end */
 	nmixed = n;
@@ -379,8 +382,10 @@ uint8_t *sample_alloc(unsigned i, size_t *len)
 	size_t need = 0;
 	uint8_t *buf;
 
-	if (sample_encode(i, NULL, 0, &need) != RDAG_ENOSPC)
+	if (sample_encode(i, NULL, 0, &need) != RDAG_ENOSPC) {
+		fprintf(stderr, "sample %s: no size: %s\n", sample_name(i), rdag_last_error());
 		abort();
+	}
 	buf = malloc(need);
 	if (!buf || sample_encode(i, buf, need, len) != 0 || *len != need) {
 		fprintf(stderr, "sample %s: %s\n", sample_name(i), rdag_last_error());
@@ -403,7 +408,7 @@ int sample_doc_grad_req(void *buf, size_t cap, size_t *len)
 	t[1] = tensor(WIRE_DT_F32, WIRE_LOC_SLOT, 2, d2x2);
 	t[1].u.slot.offset = 0x100;
 	t[1].u.slot.length = 16;
-	t[1].device = (struct wire_device){WIRE_DEV_CUDA, 0};
+	t[1].dev_type = WIRE_DEV_CUDA;
 	t[1].flags = WIRE_TF_REQUIRES_GRAD;
 	return wire_encode_grad_req(buf, cap, &env, &req, t, 2, len);
 }

@@ -69,8 +69,8 @@ static void assert_tensors_equal(const struct wire_tensor *want, uint32_t n,
 		assert_int_equal(t.rank, w->rank);
 		assert_int_equal(t.loc, w->loc);
 		assert_int_equal(t.flags, w->flags);
-		assert_int_equal(t.device.type, w->device.type);
-		assert_int_equal(t.device.index, w->device.index);
+		assert_int_equal(t.dev_type, w->dev_type);
+		assert_int_equal(t.dev_index, w->dev_index);
 		assert_true(t.nbytes == w->nbytes);
 		for (unsigned d = 0; d < t.rank; d++)
 			assert_true(t.shape[d] == w->shape[d]);
@@ -166,7 +166,8 @@ static void grad_req_fields(void **state)
 	t[2] = mk(WIRE_DT_BF16, WIRE_LOC_RDV, 3, dims_z);
 	t[2].u.rdv.addr = U64MAX;
 	t[2].u.rdv.key = 0x1234;
-	t[2].device = (struct wire_device){WIRE_DEV_CUDA, 7};
+	t[2].dev_type = WIRE_DEV_CUDA;
+	t[2].dev_index = 7;
 	t[3] = mk(WIRE_DT_BOOL, WIRE_LOC_INLINE, 1, dims_b);
 	for (unsigned k = 0; k < 3; k++) {
 		for (uint32_t n = 0; n <= 4; n++) {
@@ -876,8 +877,8 @@ static void encoders_refuse_invalid_input(void **state)
 	BAD(t.dtype = WIRE_DT_COUNT_, RDAG_EINVAL);
 	BAD(t.rank = 9, RDAG_EINVAL);
 	BAD(t.loc = WIRE_LOC_COUNT_, RDAG_EINVAL);
-	BAD(t.device.type = 2, RDAG_EINVAL);
-	BAD(t.device.index = 1, RDAG_EINVAL);
+	BAD(t.dev_type = 2, RDAG_EINVAL);
+	BAD(t.dev_index = 1, RDAG_EINVAL);
 	BAD(t.flags = 2, RDAG_EINVAL);
 	BAD(t.nbytes++, RDAG_EINVAL);
 	BAD(t.shape[0] = -2, RDAG_EINVAL);
