@@ -40,13 +40,19 @@
  *    COMPLETIONS may still be reported out of that order (tcp;ofi_rxm reports a small message
  *    before an earlier large, rendezvous one): the core orders by its own sequence numbers.
  *    Nothing else is ordered unless a FAB_CAP_ORDER_* flag says so.
+ *  - Refused writes (bad key, outside the registration) end in an error, never in a silent
+ *    success: in the write's own completion on FAB_CAP_WRITE_DELIVERED providers (and verbs);
+ *    otherwise the target may drop the link and the error surfaces on a later operation to that
+ *    peer (tcp;ofi_rxm: RDAG_EPEER_DEAD). Known exception: libfabric 1.17's shm drops such a
+ *    write without ever completing it (docs/fabric.md).
  *  - Remote addresses: a peer writes to mr.remote_base + offset with mr.rkey. remote_base is the
  *    virtual address on providers that address by it (verbs, ofi with FI_MR_VIRT_ADDR), else 0.
  *
  * Changes to this interface since the first draft (fabric core/ofi owner; all additive except the
  * meaning of FAB_CAP_INJECT, which no provider implemented yet):
- *  1. The rules above on completions ("exactly one"), write visibility, peers ("never self") and
- *     ordering (send-after-send matching only; completions may come out of order).
+ *  1. The rules above on completions ("exactly one"), write visibility, refused writes, peers
+ *     ("never self") and ordering (send-after-send matching only; completions may come out of
+ *     order).
  *  8. FAB_CAP_WRITE_DELIVERED (new flag, see "Write visibility"). verbs RC completions imply it.
  *     The ofi provider asks libfabric for FI_DELIVERY_COMPLETE on writes only where the provider
  *     lacks FI_ORDER_SAW (shm), since it costs a round trip per write elsewhere (tcp;ofi_rxm).

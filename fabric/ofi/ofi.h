@@ -67,6 +67,7 @@ struct ofi_ep {
 	struct ofi_req *reqs; /* tx_count + rx_count contexts */
 	struct ofi_req *tx_free, *rx_free;
 	size_t tx_count, rx_count;
+	size_t outstanding; /* posted operations whose completion was not reaped yet */
 	struct ofi_mr_node mrs; /* list head */
 };
 

@@ -39,12 +39,20 @@ static inline struct ofi_req *take(struct ofi_req **list)
 	return r;
 }
 
+/* Returns a context to its pool (a failed post, or a reaped completion: see done()). */
 static inline void give(struct ofi_ep *ep, struct ofi_req *r)
 {
 	struct ofi_req **list = r->op == FAB_OP_RECV ? &ep->rx_free : &ep->tx_free;
 
 	r->next = *list;
 	*list = r;
+}
+
+/* A posted operation's completion was reaped. */
+static inline void done(struct ofi_ep *ep, struct ofi_req *r)
+{
+	ep->outstanding--;
+	give(ep, r);
 }
 
 /* Maps a posting error; -FI_EAGAIN is not an error (the caller polls and retries). */
@@ -77,6 +85,7 @@ int ofi_post_recv(struct fab_ep *fep, void *buf, size_t len, void *desc, void *c
 		give(ep, r);
 		return post_error(ep, ret, "fi_recv", FAB_PEER_UNKNOWN);
 	}
+	ep->outstanding++;
 	return 0;
 }
 
@@ -108,6 +117,7 @@ int ofi_send(struct fab_ep *fep, fab_peer_t peer, const void *buf, size_t len, v
 		give(ep, r);
 		return post_error(ep, ret, "fi_send", peer);
 	}
+	ep->outstanding++;
 	return 0;
 }
 
@@ -171,6 +181,7 @@ int ofi_write(struct fab_ep *fep, fab_peer_t peer, const void *buf, size_t len, 
 		give(ep, r);
 		return post_error(ep, ret, has_imm ? "fi_writedata" : "fi_write", peer);
 	}
+	ep->outstanding++;
 	return 0;
 }
 
@@ -235,7 +246,7 @@ static inline int convert(struct ofi_ep *ep, const struct fi_cq_data_entry *e, f
 		out->peer = r->peer;
 		out->len = 0;
 	}
-	give(ep, r);
+	done(ep, r);
 	return 1;
 }
 
@@ -277,7 +288,7 @@ static int read_error(struct ofi_ep *ep, struct fab_cqe *out)
 		out->context = r->ctx;
 		out->op = (enum fab_op)r->op;
 		out->peer = r->peer;
-		give(ep, r);
+		done(ep, r);
 	} else {
 		/* A failed injection or a failed incoming write: nothing of ours to return. */
 		out->context = NULL;
