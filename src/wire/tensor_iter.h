@@ -7,8 +7,9 @@
 #include <string.h>
 
 /*
- * Location payload sizes as bytes of one constant (index = location, valid locations only):
- * inline 0, slot 16, rendezvous 16, pending 0, NCCL 8.
+ * Location payload sizes as bytes of one constant: inline 0, slot 16, rendezvous 16, pending 0,
+ * NCCL 8. Only for locations already validated (< WIRE_LOC_COUNT_): no table load on the hot
+ * path. Names ending in '_' here are helpers of the inline iterator, not API.
  */
 #define WIRE_LOC_SIZES_ 0x0800101000ull
 static inline unsigned wire_loc_size_(unsigned loc)

@@ -39,6 +39,23 @@
  *     descriptors, device-map entries, profiling events) are read through iterators that need
  *     no further checks because the decoder validated them all.
  *
+ * The hot path, for example (a PropagateGradientsReq and its receipt):
+ *
+ *   struct wire_env env = {req_id, my_worker_id, credits_to_return};
+ *   struct wire_grad_req g = {ctx_id, msg_id, retain_graph};
+ *   size_t len;
+ *   int rc = wire_encode_grad_req(buf, cap, &env, &g, grads, ngrads, &len);
+ *   // rc == RDAG_ENOSPC: len is the size needed
+ *
+ *   struct wire_msg m;
+ *   struct wire_tensor_iter it;
+ *   struct wire_tensor t;
+ *   if (wire_decode(rbuf, rlen, &m) == 0 && m.kind == WIRE_BACKWARD_AUTOGRAD_REQ) {
+ *           wire_tensors_begin(&m.u.grad.tensors, &it);
+ *           while (wire_tensor_next(&it, &t))
+ *                   ... t.dtype, t.shape[0 .. t.rank), t.loc, t.u.slot.offset ...
+ *   }
+ *
  * Thread-safety: every function here is pure (no global state besides the calling thread's
  * last-error message) and may be called concurrently from any thread; concurrent calls must
  * not share an output buffer, a struct wire_msg or an iterator.
