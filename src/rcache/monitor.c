@@ -25,6 +25,9 @@
 #define MON_FEATURES (UFFD_FEATURE_EVENT_UNMAP | UFFD_FEATURE_EVENT_REMOVE | UFFD_FEATURE_EVENT_REMAP)
 #define MON_NEEDED_IOCTLS ((1ULL << _UFFDIO_ZEROPAGE) | (1ULL << _UFFDIO_WAKE))
 
+/* Ranges up to this size are pre-faulted when watched. */
+#define POPULATE_MAX ((uintptr_t)1 << 30)
+
 /* The event log: a power-of-two ring of seqlock-protected slots, one writer (the handler). */
 #define RING_SLOTS 4096u
 
@@ -352,6 +355,8 @@ static int start_locked(char *why, size_t whylen)
 	pthread_sigmask(SIG_SETMASK, &all, &old);
 	rc = pthread_create(&mon.thread, NULL, handler, NULL);
 	pthread_sigmask(SIG_SETMASK, &old, NULL);
+	if (rc == 0)
+		pthread_setname_np(mon.thread, "rdag-rcache-mon");
 	if (rc != 0) {
 		snprintf(why, whylen, "cannot start the monitor thread: %s", strerror(rc));
 		rc = RDAG_ENOMEM;
@@ -472,8 +477,10 @@ int rcache_mon_add(struct rcache_mon_range *r, uintptr_t start, uintptr_t end)
 		goto out;
 	}
 	/* Pre-fault (zero page for untouched anonymous memory, no allocation) so that first
-	 * touches do not each take a round trip through the handler. Best effort. */
-	(void)madvise((void *)start, end - start, MADV_POPULATE_READ);
+	 * touches do not each take a round trip through the handler. Best effort, and not for
+	 * huge ranges, whose page tables alone would cost more than the faults they save. */
+	if (end - start <= POPULATE_MAX)
+		(void)madvise((void *)start, end - start, MADV_POPULATE_READ);
 	memset(&reg, 0, sizeof(reg));
 	reg.range.start = start;
 	reg.range.len = end - start;
