@@ -8,6 +8,9 @@
 #include "util/err.h"
 #include "wire/wire.h"
 
+/* Sums of u32 lengths and counts are done in size_t, which must not wrap on them. */
+_Static_assert(sizeof(size_t) >= 8, "the wire codec's size arithmetic assumes a 64-bit size_t");
+
 #if !defined(__BYTE_ORDER__) || (__BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__ && \
 				 __BYTE_ORDER__ != __ORDER_BIG_ENDIAN__)
 #error "unknown byte order"
