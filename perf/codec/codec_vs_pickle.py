@@ -6,12 +6,14 @@
 Rows: PropagateGradientsReq (BACKWARD_AUTOGRAD_REQ) with 1, 8 and 64 gradients; rdag's encode,
 decode (full validation) and decode+read (every descriptor read through the iterator) against
 Python pickle's dumps and loads of the same fields; the ratio is pickle (dumps + loads) over
-rdag (encode + decode + read). Then every other message kind, rdag only. Figures are medians;
+rdag (encode + decode + read). Then every other message kind, rdag only. The two benchmarks
+run alternately (--rounds, default 3) and each figure is the median over the rounds of medians;
 compare ratios within one run (the machine is shared). --smoke runs tiny loops only to check that
 everything works: its figures mean nothing.
 """
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 
@@ -27,21 +29,38 @@ def run_csv(cmd, timeout):
     return rows
 
 
+def merge(runs):
+    """Per row and column, the median over the rounds (the byte counts are the same in all)."""
+    rows = {}
+    for name in runs[0]:
+        cols = list(zip(*(r[name] for r in runs)))
+        rows[name] = [cols[0][0]] + [str(statistics.median(float(x) for x in c)) for c in cols[1:]]
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--bin", required=True, help="path of rdag_perf_codec")
     ap.add_argument("--smoke", action="store_true", help="tiny loops: check it runs, no figures")
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="alternate rdag and pickle runs this many times; medians over rounds")
     ap.add_argument("--timeout", type=float, default=300)
     args = ap.parse_args()
 
     c_args = ["-n", "20", "-r", "3"] if args.smoke else ["-r", "21"]
-    p_args = ["-n", "20", "-r", "3"] if args.smoke else ["-r", "7"]
-    rdag = run_csv([args.bin, "--csv"] + c_args, args.timeout)
-    pick = run_csv([sys.executable, os.path.join(HERE, "pickle_grad.py")] + p_args, args.timeout)
+    p_args = ["-n", "20", "-r", "3"] if args.smoke else ["-r", "15"]
+    rounds = 1 if args.smoke else max(1, args.rounds)
+    rdag_runs, pick_runs = [], []
+    for _ in range(rounds):  # alternated, so both see the same machine conditions
+        rdag_runs.append(run_csv([args.bin, "--csv"] + c_args, args.timeout))
+        pick_runs.append(run_csv([sys.executable, os.path.join(HERE, "pickle_grad.py")] + p_args,
+                                 args.timeout))
+    rdag, pick = merge(rdag_runs), merge(pick_runs)
 
     print(f"# wire codec vs pickle{' (SMOKE: tiny loops, figures meaningless)' if args.smoke else ''}")
-    print("# ns per call, medians; rdag: " + " ".join(os.path.basename(x) for x in [args.bin] + c_args)
-          + "; pickle: pickle_grad.py " + " ".join(p_args))
+    print(f"# ns per call, medians over {rounds} alternated round(s) of: "
+          + " ".join(os.path.basename(x) for x in [args.bin] + c_args)
+          + "; pickle_grad.py " + " ".join(p_args))
     print()
     print("| message | rdag bytes | encode | decode | decode+read | rdag total | pickle bytes"
           " | dumps | loads | pickle total | pickle / rdag |")

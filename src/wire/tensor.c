@@ -166,6 +166,13 @@ static int head_diagnose(uint64_t h, const char **what)
 		(result) = (or_ >> 63) ? 1 : ovf_ ? 2 : prod_ == (nbytes) ? 0 : 3;                 \
 	} while (0)
 
+/* Size of the descriptor whose head is h; rank and location may be unchecked (bounded anyway). */
+#define MAX_DESC (DESC_HEAD + 8u * WIRE_MAX_RANK + 16u)
+static inline size_t desc_size(uint64_t h)
+{
+	return DESC_HEAD + 8u * ((h >> 8) & 0xff) + loc_sizes[(h >> 16) & 0xff];
+}
+
 static const char *const shape_errs[] = {"", "a negative dim", "a shape product that overflows",
 					  "a shape product that does not match its byte length"};
 
@@ -303,12 +310,14 @@ int wire_tensors_get(const uint8_t *p, const uint8_t *end, uint32_t count, struc
 	for (uint32_t i = 0; i < count; i++) {
 		unsigned esize, rank, loc;
 		uint64_t h, nbytes;
-		size_t need, avail;
 		int bad;
 
-		if (__builtin_expect(left(p, end) < DESC_HEAD, 0))
-			return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: truncated in tensor %u",
-				       wire_kind_name(m->kind), i);
+		/* Room for the largest descriptor: no bounds checks needed below (the common case). */
+		if (__builtin_expect(left(p, end) < MAX_DESC, 0)) {
+			if (left(p, end) < DESC_HEAD || left(p, end) < desc_size(ld64(p)))
+				return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: truncated in tensor %u",
+					       wire_kind_name(m->kind), i);
+		}
 		h = ld64(p);
 		esize = dtype_sizes[h & 0xff];
 		nbytes = ld64(p + 8);
@@ -321,11 +330,6 @@ int wire_tensors_get(const uint8_t *p, const uint8_t *end, uint32_t count, struc
 		}
 		rank = (h >> 8) & 0xff;
 		loc = (h >> 16) & 0xff;
-		need = DESC_HEAD + 8u * rank + wire_loc_size_(loc);
-		if (__builtin_expect(left(p, end) < need, 0))
-			return err_set(RDAG_EWIRE_TRUNCATED, "wire: %s: truncated in tensor %u",
-				       wire_kind_name(m->kind), i);
-		avail = left(p, end) - need; /* bytes after this descriptor */
 		p += DESC_HEAD;
 #define DIM(k) ld64(p + 8 * (k))
 		SHAPE_CHECK(rank, esize, nbytes, DIM, bad);
@@ -337,6 +341,7 @@ int wire_tensors_get(const uint8_t *p, const uint8_t *end, uint32_t count, struc
 		switch (loc) {
 		case WIRE_LOC_INLINE: {
 			/* What follows must hold the inline bytes so far and these. */
+			size_t avail = left(p, end);
 			uint64_t room = inline_total > avail ? 0 : avail - inline_total;
 
 			if (nbytes > room || pad8((size_t)nbytes) > room)
@@ -350,13 +355,14 @@ int wire_tensors_get(const uint8_t *p, const uint8_t *end, uint32_t count, struc
 		case WIRE_LOC_SLOT: {
 			uint64_t off = ld64(p), len = ld64(p + 8);
 
-			if (__builtin_expect(off + len < off, 0))
-				return err_set(RDAG_EWIRE_LENGTH, "wire: %s: tensor %u: slot offset + "
-					       "length overflows", wire_kind_name(m->kind), i);
-			if (__builtin_expect(nbytes > len, 0))
+			if (__builtin_expect((off + len < off) | (nbytes > len), 0)) {
+				if (off + len < off)
+					return err_set(RDAG_EWIRE_LENGTH, "wire: %s: tensor %u: slot offset "
+						       "+ length overflows", wire_kind_name(m->kind), i);
 				return err_set(RDAG_EWIRE_FIELD, "wire: %s: tensor %u: %llu bytes in a "
 					       "%llu-byte slot", wire_kind_name(m->kind), i,
 					       (unsigned long long)nbytes, (unsigned long long)len);
+			}
 			break;
 		}
 		case WIRE_LOC_RDV:
