@@ -17,6 +17,34 @@
 
 #define U64MAX UINT64_MAX
 
+/* ---- allocation counting (test_wire links with -Wl,--wrap=malloc,calloc,realloc) ----------- */
+
+void *__real_malloc(size_t n);
+void *__real_calloc(size_t n, size_t size);
+void *__real_realloc(void *p, size_t n);
+void *__wrap_malloc(size_t n);
+void *__wrap_calloc(size_t n, size_t size);
+void *__wrap_realloc(void *p, size_t n);
+static unsigned long allocations;
+
+void *__wrap_malloc(size_t n)
+{
+	allocations++;
+	return __real_malloc(n);
+}
+
+void *__wrap_calloc(size_t n, size_t size)
+{
+	allocations++;
+	return __real_calloc(n, size);
+}
+
+void *__wrap_realloc(void *p, size_t n)
+{
+	allocations++;
+	return __real_realloc(p, n);
+}
+
 /* ---- helpers ------------------------------------------------------------------------------- */
 
 /* Decodes a copy of buf[0, len) in an exactly-sized heap buffer, so ASan sees any over-read. */
@@ -201,9 +229,40 @@ static void many_tensors_need_no_allocation(void **state)
 		if (i % 2 == 0)
 			t[i].u.data = bytes_a;
 	}
-	ENC(wire_encode_grad_req(buf, cap, NULL, &g, t, 5000, &len));
-	assert_int_equal(wire_decode(abuf, len, &m), 0);
+	{
+		unsigned long before = allocations;
+		struct wire_tensor_iter it;
+		struct wire_tensor x;
+		uint32_t k = 0;
+
+		ENC(wire_encode_grad_req(buf, cap, NULL, &g, t, 5000, &len));
+		assert_int_equal(wire_decode(abuf, len, &m), 0);
+		wire_tensors_begin(&m.u.grad.tensors, &it);
+		while (wire_tensor_next(&it, &x))
+			k++;
+		assert_int_equal(k, 5000);
+		/* Neither the encoder, the decoder nor the iterator allocated anything. */
+		assert_int_equal(allocations, before);
+	}
 	assert_tensors_equal(t, 5000, &m.u.grad.tensors);
+
+	/* Nor do they for any sample, wrapped messages included. */
+	for (unsigned i = 0; i < sample_count(); i++) {
+		size_t slen, n;
+		uint8_t *sbuf = sample_alloc(i, &slen);
+		unsigned long before = allocations;
+		struct wire_msg cur, in;
+
+		assert_int_equal(sample_encode(i, abuf, sizeof(abuf), &n), 0);
+		assert_int_equal(wire_decode(sbuf, slen, &cur), 0);
+		while (wire_kind_wraps(cur.kind) && wire_decode_inner(&cur, &in) == 0)
+			cur = in;
+		assert_int_equal(allocations, before);
+		free(sbuf);
+	}
+	/* The counting works. */
+	free(malloc(1));
+	assert_true(allocations > 0);
 }
 
 static void handshake_and_credit_fields(void **state)
