@@ -360,6 +360,8 @@ static int create_qp(struct verbs_ep *ep, struct verbs_peer *p, struct rdma_cm_i
 	}
 	p->qp = id->qp;
 	p->qp_num = id->qp->qp_num;
+	/* Mapped now: on the accepting side messages may land before ESTABLISHED is handled. */
+	verbs_qpmap_rebuild(ep);
 	return 0;
 }
 

@@ -245,6 +245,8 @@ int verbs_inject(struct fab_ep *fep, fab_peer_t peer, const void *buf, size_t le
 	rc = post_peer(ep, peer, &p);
 	if (rc)
 		return rc;
+	if (ep->max_inline == 0)
+		return err_set(RDAG_ENOSYS, "verbs: %s takes no inline data: no inject", ep->sel.dev_name);
 	if (len > ep->max_inline)
 		return err_set(RDAG_EINVAL, "verbs: inject of %zu bytes exceeds inject_size %u", len,
 			       ep->max_inline);

@@ -134,8 +134,10 @@ static int setup(struct verbs_ep *ep, const struct fab_open_opts *opts, int prob
 	ep->ctx = ep->listen_id->verbs;
 
 	/* Sizing (docs/verbs.md): per-peer SQ, send CQ for all SQs, receive CQ for the SRQ. */
-	tx = opts->tx_depth ? (uint32_t)min_u32((uint32_t)opts->tx_depth, 1u << 20) : VERBS_DEFAULT_TX_DEPTH;
-	rx = opts->rx_depth ? (uint32_t)min_u32((uint32_t)opts->rx_depth, 1u << 20) : VERBS_DEFAULT_RX_DEPTH;
+	tx = opts->tx_depth ? (uint32_t)(opts->tx_depth < (1u << 20) ? opts->tx_depth : (1u << 20))
+			    : VERBS_DEFAULT_TX_DEPTH;
+	rx = opts->rx_depth ? (uint32_t)(opts->rx_depth < (1u << 20) ? opts->rx_depth : (1u << 20))
+			    : VERBS_DEFAULT_RX_DEPTH;
 	ep->world_sized = opts->world_size ? opts->world_size : VERBS_DEFAULT_WORLD;
 	tx = min_u32(tx, (uint32_t)da->max_qp_wr);
 	if ((uint64_t)tx * ep->world_sized > (uint64_t)da->max_cqe)
@@ -216,7 +218,9 @@ static int setup(struct verbs_ep *ep, const struct fab_open_opts *opts, int prob
 	ep->attr.provider = "verbs";
 	snprintf(ep->attr.fabric_name, sizeof(ep->attr.fabric_name), "%s", ep->sel.dev_name);
 	ep->attr.caps = FAB_CAP_WRITE_IMM | FAB_CAP_IMM_CONSUMES_RECV | FAB_CAP_RECV_SOURCE |
-			FAB_CAP_INJECT | FAB_CAP_WAIT_FD | FAB_CAP_ORDER_SAW | FAB_CAP_WRITE_DELIVERED;
+			FAB_CAP_WAIT_FD | FAB_CAP_ORDER_SAW | FAB_CAP_WRITE_DELIVERED;
+	if (ep->max_inline > 0)
+		ep->attr.caps |= FAB_CAP_INJECT;
 	ep->attr.max_msg_size = ep->chunk;
 	/* A write is split into chunks of at most max_msg_sz, all of which must fit in the SQ. */
 	ep->attr.max_write_size = ep->chunk * (size_t)(ep->sq_depth / 2 ? ep->sq_depth / 2 : 1);
