@@ -1,4 +1,4 @@
-/* Tensor descriptors and devices on the wire: validation, encoding, and the decoded-list iterator. */
+/* Tensor descriptors and devices on the wire: validation and encoding (the iterator is in tensor_iter.h). */
 #include <limits.h>
 #include <stddef.h>
 
