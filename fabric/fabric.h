@@ -53,9 +53,6 @@
  *  1. The rules above on completions ("exactly one"), write visibility, refused writes, peers
  *     ("never self") and ordering (send-after-send matching only; completions may come out of
  *     order).
- *  8. FAB_CAP_WRITE_DELIVERED (new flag, see "Write visibility"). verbs RC completions imply it.
- *     The ofi provider asks libfabric for FI_DELIVERY_COMPLETE on writes only where the provider
- *     lacks FI_ORDER_SAW (shm), since it costs a round trip per write elsewhere (tcp;ofi_rxm).
  *  2. fab_send ALWAYS generates a completion, whatever its size (a provider may still send small
  *     messages inline internally). Injection without completion is a separate, optional op,
  *     fab_ops.inject (appended at the end of the table), trampoline fab_inject(): the buffer is
@@ -70,6 +67,10 @@
  *     not report it; errors a provider cannot attribute to a posted op come with context NULL.
  *  7. FAB_CAP_ORDER_SAW is set only when the provider guarantees it (ofi: FI_ORDER_SAW in both the
  *     tx and rx msg_order of the opened endpoint; shm 1.17 does not, tcp;ofi_rxm does).
+ *  8. FAB_CAP_WRITE_DELIVERED (new flag, see "Write visibility"). verbs RC completions imply it.
+ *     The ofi provider asks libfabric for FI_DELIVERY_COMPLETE on writes only where the provider
+ *     lacks FI_ORDER_SAW (shm), since it costs a round trip per write elsewhere (tcp;ofi_rxm).
+ *  9. fab_poll(ep, out, 0) drives progress without reaping (a no-op where hardware progresses).
  */
 
 #include <stddef.h>
@@ -190,7 +191,11 @@ struct fab_ops {
 	/* Writes len bytes to (remote_addr, rkey) on peer; with has_imm, the peer gets imm. */
 	int (*write)(struct fab_ep *ep, fab_peer_t peer, const void *buf, size_t len, void *desc,
 		     uint64_t remote_addr, uint64_t rkey, int has_imm, uint32_t imm, void *context);
-	/* Reaps up to max completions; returns how many (0: none), or a negative code. */
+	/*
+	 * Reaps up to max completions; returns how many (0: none), or a negative code. max 0 only
+	 * drives the provider's progress (reaping nothing): what to call while retrying a post that
+	 * returned RDAG_EAGAIN when completions must not be taken yet.
+	 */
 	int (*poll)(struct fab_ep *ep, struct fab_cqe *out, int max);
 	/* A descriptor that becomes readable when completions may be ready, or a negative code. */
 	int (*wait_fd)(struct fab_ep *ep);

@@ -30,6 +30,7 @@ struct ofi_req {
 	struct ofi_req *next;     /* free-list link */
 	fab_peer_t peer;
 	uint8_t op;               /* enum fab_op of the posted operation */
+	uint8_t posted;           /* posted and its completion not reaped yet */
 };
 
 /* A registration the endpoint still holds (so close can release what the caller forgot). */
@@ -121,5 +122,11 @@ int ofi_inject(struct fab_ep *fep, fab_peer_t peer, const void *buf, size_t len)
 int ofi_write(struct fab_ep *fep, fab_peer_t peer, const void *buf, size_t len, void *desc,
 	      uint64_t remote_addr, uint64_t rkey, int has_imm, uint32_t imm, void *context);
 int ofi_poll(struct fab_ep *fep, struct fab_cqe *out, int max);
+
+/*
+ * Before closing: cancels the posted receives and reaps completions for up to ms milliseconds
+ * or until nothing is outstanding, discarding them. Returns what is still outstanding.
+ */
+size_t ofi_drain(struct ofi_ep *ep, int ms);
 
 #endif /* RDAG_FABRIC_OFI_H */

@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <rdma/fi_errno.h>
 #include <rdma/fi_rma.h>
@@ -48,9 +49,17 @@ static inline void give(struct ofi_ep *ep, struct ofi_req *r)
 	*list = r;
 }
 
+/* An operation was posted. */
+static inline void posted(struct ofi_ep *ep, struct ofi_req *r)
+{
+	r->posted = 1;
+	ep->outstanding++;
+}
+
 /* A posted operation's completion was reaped. */
 static inline void done(struct ofi_ep *ep, struct ofi_req *r)
 {
+	r->posted = 0;
 	ep->outstanding--;
 	give(ep, r);
 }
@@ -85,7 +94,7 @@ int ofi_post_recv(struct fab_ep *fep, void *buf, size_t len, void *desc, void *c
 		give(ep, r);
 		return post_error(ep, ret, "fi_recv", FAB_PEER_UNKNOWN);
 	}
-	ep->outstanding++;
+	posted(ep, r);
 	return 0;
 }
 
@@ -117,7 +126,7 @@ int ofi_send(struct fab_ep *fep, fab_peer_t peer, const void *buf, size_t len, v
 		give(ep, r);
 		return post_error(ep, ret, "fi_send", peer);
 	}
-	ep->outstanding++;
+	posted(ep, r);
 	return 0;
 }
 
@@ -181,7 +190,7 @@ int ofi_write(struct fab_ep *fep, fab_peer_t peer, const void *buf, size_t len, 
 		give(ep, r);
 		return post_error(ep, ret, has_imm ? "fi_writedata" : "fi_write", peer);
 	}
-	ep->outstanding++;
+	posted(ep, r);
 	return 0;
 }
 
@@ -320,6 +329,11 @@ int ofi_poll(struct fab_ep *fep, struct fab_cqe *out, int max)
 	fi_addr_t srcs[POLL_BATCH];
 	int filled = 0;
 
+	if (max <= 0) {
+		/* Progress only (manual-progress providers move data and connections here). */
+		(void)fi_cq_read(ep->cq, ents, 0);
+		return 0;
+	}
 	while (filled < max) {
 		int want = max - filled < POLL_BATCH ? max - filled : POLL_BATCH;
 		ssize_t got = ep->use_source ? fi_cq_readfrom(ep->cq, ents, (size_t)want, srcs)
@@ -348,4 +362,51 @@ int ofi_poll(struct fab_ep *fep, struct fab_cqe *out, int max)
 			break;
 	}
 	return filled;
+}
+
+size_t ofi_drain(struct ofi_ep *ep, int ms)
+{
+	struct fi_cq_data_entry ents[POLL_BATCH];
+	struct timespec now;
+	double deadline;
+
+	if (!ep->ep || !ep->cq || !ep->outstanding)
+		return ep->outstanding;
+	for (size_t i = ep->tx_count; i < ep->tx_count + ep->rx_count; i++) {
+		if (ep->reqs[i].posted)
+			fi_cancel(&ep->ep->fid, &ep->reqs[i].fictx);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	deadline = (double)now.tv_sec + (double)now.tv_nsec * 1e-9 + ms * 1e-3;
+	while (ep->outstanding) {
+		ssize_t got = fi_cq_read(ep->cq, ents, POLL_BATCH);
+
+		if (got > 0) {
+			for (ssize_t i = 0; i < got; i++) {
+				struct ofi_req *r = ents[i].op_context;
+
+				if (r && r->posted)
+					done(ep, r);
+			}
+			continue;
+		}
+		if (got == -FI_EAVAIL) {
+			struct fi_cq_err_entry err;
+
+			memset(&err, 0, sizeof(err));
+			if (fi_cq_readerr(ep->cq, &err, 0) > 0) {
+				struct ofi_req *r = err.op_context;
+
+				if (r && r->posted)
+					done(ep, r);
+			}
+			continue;
+		}
+		if (got != -FI_EAGAIN)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		if ((double)now.tv_sec + (double)now.tv_nsec * 1e-9 > deadline)
+			break;
+	}
+	return ep->outstanding;
 }

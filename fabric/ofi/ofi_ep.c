@@ -12,6 +12,7 @@
 #include "util/log.h"
 
 #define OFI_ADDR_MAX 256
+#define OFI_CLOSE_DRAIN_MS 500 /* bound on waiting for operations in flight at close */
 
 static struct ofi_ep *to_ofi(struct fab_ep *fep)
 {
@@ -68,7 +69,17 @@ static void ofi_close(struct fab_ep *fep)
 
 	if (!ep)
 		return;
-	/* The endpoint first: it cancels what is outstanding; then what it was bound to. */
+	/*
+	 * Let what is in flight finish (receives are cancelled) for a bounded time: some
+	 * providers mishandle closing with operations outstanding (verbs;ofi_rxm 1.17 crashed on
+	 * in-flight writes, tcp;ofi_rxm keeps its domain busy). Then the endpoint, then what it
+	 * was bound to.
+	 */
+	if (ep->outstanding) {
+		size_t before = ep->outstanding, left = ofi_drain(ep, OFI_CLOSE_DRAIN_MS);
+
+		LOG_DEBUG("ofi: close: %zu operations outstanding, %zu after draining", before, left);
+	}
 	close_fid(ep->ep ? &ep->ep->fid : NULL, "endpoint");
 	while (ep->mrs.next && ep->mrs.next != &ep->mrs) {
 		struct ofi_mr_node *n = ep->mrs.next;
@@ -140,6 +151,23 @@ static int open_cq(struct ofi_ep *ep)
 		return err_set(ofi_status(-rc), "ofi: %s: fi_cq_open: %s", ep->attr.fabric_name,
 			       fi_strerror(-rc));
 	return 0;
+}
+
+/*
+ * ofi_rxm 1.17 over verbs crashes (SIGSEGV inside fi_writemsg) when a write is posted while
+ * many mid-size sends are in flight with its SAR protocol (measured in the Soft-RoCE VM: 31
+ * sends of 64 KiB, then a write). Sending those by rendezvous instead avoids it. rxm reads the
+ * limit when the endpoint is created, so it is set (unless the user did) just before.
+ */
+static void work_around_rxm_sar(const char *prov)
+{
+	const char *cur = getenv("FI_OFI_RXM_SAR_LIMIT");
+
+	if (strncmp(prov, "verbs;ofi_rxm", 13) != 0 || (cur && *cur))
+		return;
+	setenv("FI_OFI_RXM_SAR_LIMIT", "16384", 0);
+	LOG_INFO("ofi: FI_OFI_RXM_SAR_LIMIT=16384 (messages above the eager size go by rendezvous: "
+		 "ofi_rxm 1.17's SAR path crashes over verbs)");
 }
 
 static void fill_attr(struct ofi_ep *ep)
@@ -236,6 +264,7 @@ static int ofi_open(const struct fab_open_opts *opts, struct fab_ep **out)
 	rc = open_cq(ep);
 	if (rc)
 		goto fail;
+	work_around_rxm_sar(prov);
 	rc = fi_endpoint(ep->domain, ep->info, &ep->ep, NULL);
 	if (rc) {
 		rc = err_set(ofi_status(-rc), "ofi: %s: fi_endpoint: %s", prov, fi_strerror(-rc));

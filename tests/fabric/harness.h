@@ -13,6 +13,8 @@
  *   1  a child failed, crashed, left while others waited in a round, or the watchdog fired
  *      (after timeout_s seconds every child still running is killed and named).
  * Children exit with fn's return value. Not thread-safe; call from a single-threaded process.
+ * Do not open or probe a fabric before hx_run: RDMA device contexts (ibverbs, libfabric's verbs
+ * provider) opened in the parent fail in the children (ibv_post_send: EACCES).
  */
 struct hx;
 
