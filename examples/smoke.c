@@ -84,12 +84,22 @@ static int wait_for(struct worker *w, const void *ctx, struct fab_cqe *out)
 	return -1;
 }
 
+/* Which receive buffer a completion's context names, or -1 (a write that consumed none). */
+static int slot_of(const struct worker *w, const void *ctx)
+{
+	for (int i = 0; i < NRECV; i++) {
+		if (ctx == &w->rctx[i])
+			return i;
+	}
+	return -1;
+}
+
 static int repost(struct worker *w, const struct fab_cqe *c)
 {
-	int i = (int)((const int *)c->context - w->rctx);
+	int i = slot_of(w, c->context);
 
-	if (c->context == NULL || i < 0 || i >= NRECV)
-		return 0; /* a remote write that consumed no receive */
+	if (i < 0)
+		return 0;
 	return fab_post_recv(w->ep, w->rbuf + (size_t)i * MSG, MSG, w->rmr.desc, &w->rctx[i]);
 }
 
@@ -117,11 +127,11 @@ static int recv_msg(struct worker *w, uint32_t seed)
 
 	if (wait_for(w, NULL, &c))
 		return -1;
-	p = w->rbuf + (size_t)((const int *)c.context - w->rctx) * MSG;
-	if (c.op != FAB_OP_RECV || c.len != MSG) {
+	if (c.op != FAB_OP_RECV || c.len != MSG || slot_of(w, c.context) < 0) {
 		fprintf(stderr, "rank %d: expected a %d-byte message\n", w->rank, MSG);
 		return -1;
 	}
+	p = w->rbuf + (size_t)slot_of(w, c.context) * MSG;
 	for (size_t k = 0; k < MSG; k++) {
 		if (p[k] != pattern(seed, k)) {
 			fprintf(stderr, "rank %d: message byte %zu differs\n", w->rank, k);
