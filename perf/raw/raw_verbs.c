@@ -92,7 +92,10 @@ static int create_qp(struct raw_verbs *v)
 	v->pd = ibv_alloc_pd(v->id->verbs);
 	if (!v->pd)
 		return raw_verbs_fail(v, "ibv_alloc_pd", errno);
-	v->cq = ibv_create_cq(v->id->verbs, (int)(v->send_depth + v->recv_depth), NULL, NULL, 0);
+	v->channel = ibv_create_comp_channel(v->id->verbs);
+	if (!v->channel)
+		return raw_verbs_fail(v, "ibv_create_comp_channel", errno);
+	v->cq = ibv_create_cq(v->id->verbs, (int)(v->send_depth + v->recv_depth), NULL, v->channel, 0);
 	if (!v->cq)
 		return raw_verbs_fail(v, "ibv_create_cq", errno);
 	for (;;) {
@@ -205,8 +208,13 @@ void raw_verbs_close(struct raw_verbs *v)
 		rdma_disconnect(v->id);
 	if (v->qp)
 		rdma_destroy_qp(v->id);
-	if (v->cq)
+	if (v->cq) {
+		if (v->unacked_events)
+			ibv_ack_cq_events(v->cq, v->unacked_events);
 		ibv_destroy_cq(v->cq);
+	}
+	if (v->channel)
+		ibv_destroy_comp_channel(v->channel);
 	if (v->pd)
 		ibv_dealloc_pd(v->pd);
 	if (v->id)
@@ -216,6 +224,37 @@ void raw_verbs_close(struct raw_verbs *v)
 	if (v->ec)
 		rdma_destroy_event_channel(v->ec);
 	memset(v, 0, sizeof(*v));
+}
+
+int raw_verbs_arm(struct raw_verbs *v)
+{
+	int rc = ibv_req_notify_cq(v->cq, 0);
+
+	return rc ? raw_verbs_fail(v, "ibv_req_notify_cq", rc) : 0;
+}
+
+int raw_verbs_sleep(struct raw_verbs *v, int timeout_ms)
+{
+	struct pollfd pfd = { .fd = v->channel->fd, .events = POLLIN };
+	struct ibv_cq *cq;
+	void *ctx;
+	int rc;
+
+	do {
+		rc = poll(&pfd, 1, timeout_ms);
+	} while (rc < 0 && errno == EINTR);
+	if (rc < 0)
+		return raw_verbs_fail(v, "poll (completion channel)", errno);
+	if (rc == 0)
+		return 0;
+	if (ibv_get_cq_event(v->channel, &cq, &ctx))
+		return raw_verbs_fail(v, "ibv_get_cq_event", errno);
+	/* Acked in batches: each ack takes a lock in the kernel driver. */
+	if (++v->unacked_events >= 64) {
+		ibv_ack_cq_events(v->cq, v->unacked_events);
+		v->unacked_events = 0;
+	}
+	return 0;
 }
 
 void raw_verbs_print_setup(const struct raw_verbs *v)

@@ -23,7 +23,9 @@ struct raw_verbs {
 	struct rdma_cm_id *listen_id; /* server only */
 	struct rdma_cm_id *id;        /* the connected one */
 	struct ibv_pd *pd;
+	struct ibv_comp_channel *channel; /* for raw_verbs_sleep(); the CQ is busy-polled otherwise */
 	struct ibv_cq *cq;
+	unsigned unacked_events;
 	struct ibv_qp *qp;
 	uint32_t max_inline;          /* what the QP was created with */
 	uint32_t send_depth, recv_depth;
@@ -44,6 +46,14 @@ int raw_verbs_open(struct raw_verbs *v, const struct raw_opts *o, int fd, uint32
 /* Client: rdma_connect; server: rdma_accept. Waits for ESTABLISHED. 0 or RAW_EXIT_FAIL. */
 int raw_verbs_establish(struct raw_verbs *v);
 void raw_verbs_close(struct raw_verbs *v);
+
+/*
+ * Sleeps until the CQ has a completion or timeout_ms passes: arms the CQ, and blocks on its
+ * completion channel. The caller polls the CQ right after arming, since a completion may have
+ * come in between (call with arm_only first). Returns 0 (event or timeout) or RAW_EXIT_FAIL.
+ */
+int raw_verbs_arm(struct raw_verbs *v);
+int raw_verbs_sleep(struct raw_verbs *v, int timeout_ms);
 
 /* Prints the header lines describing the device, port and QP. */
 void raw_verbs_print_setup(const struct raw_verbs *v);
