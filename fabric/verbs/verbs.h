@@ -27,6 +27,7 @@
 #define VERBS_DEFAULT_WORLD 16u     /* peers to size the send CQ for when world_size is 0 */
 #define VERBS_MAX_INLINE 256u       /* inline data we ask the device for */
 #define VERBS_PENDING 32            /* completions reaped by arm() before they are polled */
+#define VERBS_CM_CHECK_MS 100       /* busy poll() looks for rdma_cm events this often at most */
 
 /* What verbs_select() chose: device, port, GID and the address rdma_cm binds to. */
 struct verbs_sel {
@@ -166,7 +167,8 @@ struct verbs_ep {
 
 	struct fab_cqe pending[VERBS_PENDING]; /* reaped by arm(), handed out by poll() first */
 	int pending_head, pending_count;
-	unsigned empty_polls; /* empty polls since the last look at rdma_cm events */
+	unsigned empty_polls; /* empty polls, to look at rdma_cm events now and then */
+	int64_t cm_checked_ms; /* when poll() last looked */
 
 	struct verbs_mr *mrs;
 	unsigned nmrs;

@@ -620,10 +620,17 @@ int verbs_poll(struct fab_ep *fep, struct fab_cqe *out, int max)
 			return k;
 		n += k;
 	}
-	if (n == 0 && ++ep->empty_polls >= 64) {
-		/* Now and then, look for disconnects even when nobody blocks on the wait fd. */
-		ep->empty_polls = 0;
-		verbs_cm_drain(ep);
+	if (n == 0 && (++ep->empty_polls & 255) == 0) {
+		/*
+		 * Busy-pollers never call arm: look for disconnects now and then, at most every
+		 * VERBS_CM_CHECK_MS (a syscall each; expensive in a TCG guest, so never per poll).
+		 */
+		int64_t now = verbs_now_ms();
+
+		if (now - ep->cm_checked_ms >= VERBS_CM_CHECK_MS) {
+			ep->cm_checked_ms = now;
+			verbs_cm_drain(ep);
+		}
 	}
 	return n;
 }
