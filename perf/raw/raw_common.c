@@ -44,6 +44,8 @@ static void usage(const struct raw_opts *o, FILE *f)
 		"  -Q <n>      verbs bw: request a completion for one write in n (default 64)\n"
 		"  -T <sec>    give up after this many seconds without progress (default 120)\n"
 		"  -C          check the received bytes (for tests; not for timing)\n"
+		"  -e          raw_ofi_bw: the target sleeps on its CQ (fi_cq_sread) instead of busy-polling\n"
+		"              (raw_verbs_bw's target always sleeps on its completion channel)\n"
 		"  -h          this help\n"
 		"Exit status: 0 ok, 1 failure, 2 usage, 77 fabric/device not available here.\n",
 		o->tool, o->tool, o->kind == RAW_LAT ? "2" : "65536",
@@ -116,7 +118,7 @@ void raw_parse_args(struct raw_opts *o, enum raw_kind kind, int argc, char **arg
 	o->cq_mod = 64;
 	o->timeout_s = 120;
 
-	while ((c = getopt(argc, argv, "s:an:w:p:P:d:c:I:t:Q:T:Ch")) != -1) {
+	while ((c = getopt(argc, argv, "s:an:w:p:P:d:c:I:t:Q:T:Ceh")) != -1) {
 		switch (c) {
 		case 's':
 			if (parse_size(optarg, &o->size) || o->size == 0)
@@ -164,6 +166,7 @@ void raw_parse_args(struct raw_opts *o, enum raw_kind kind, int argc, char **arg
 			o->timeout_s = (int)v;
 			break;
 		case 'C': o->check = 1; break;
+		case 'e': o->events = 1; break;
 		case 'h':
 			usage(o, stdout);
 			exit(0);

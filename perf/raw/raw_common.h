@@ -43,6 +43,7 @@ struct raw_opts {
 	int cq_mod;            /* -Q (bw, verbs): signal one write in cq_mod */
 	int timeout_s;         /* -T: give up after this many seconds without progress */
 	int check;             /* -C: check received bytes (slower; for tests) */
+	int events;            /* -e: a bandwidth target sleeps on its CQ instead of busy-polling */
 };
 
 /*

@@ -76,7 +76,7 @@ int raw_ofi_open(struct raw_ofi *r, const struct raw_opts *o, uint64_t caps, int
 	}
 	memset(&cq_attr, 0, sizeof(cq_attr));
 	cq_attr.format = FI_CQ_FORMAT_DATA;
-	cq_attr.wait_obj = FI_WAIT_NONE; /* busy-polled */
+	cq_attr.wait_obj = o->events ? FI_WAIT_UNSPEC : FI_WAIT_NONE; /* -e: sread; else busy-polled */
 	cq_attr.size = r->info->tx_attr->size + r->info->rx_attr->size;
 	rc = fi_cq_open(r->domain, &cq_attr, &r->cq, NULL);
 	if (rc) {
@@ -268,7 +268,20 @@ static struct raw_ctx *ours(const struct raw_ofi *r, void *ctx)
 	return NULL;
 }
 
+static int reap(struct raw_ofi *r, int timeout_ms);
+
 int raw_ofi_progress(struct raw_ofi *r)
+{
+	return reap(r, -1);
+}
+
+int raw_ofi_progress_wait(struct raw_ofi *r, int timeout_ms)
+{
+	return reap(r, timeout_ms);
+}
+
+/* timeout_ms < 0: fi_cq_read (never blocks); else fi_cq_sread for up to timeout_ms. */
+static int reap(struct raw_ofi *r, int timeout_ms)
 {
 	struct fi_cq_data_entry e[16];
 	struct fi_cq_err_entry err;
@@ -276,8 +289,11 @@ int raw_ofi_progress(struct raw_ofi *r)
 	char buf[256];
 	ssize_t n, i;
 
-	n = fi_cq_read(r->cq, e, 16);
-	if (n == -FI_EAGAIN)
+	if (timeout_ms < 0)
+		n = fi_cq_read(r->cq, e, 16);
+	else
+		n = fi_cq_sread(r->cq, e, 16, NULL, timeout_ms);
+	if (n == -FI_EAGAIN || n == -FI_ETIMEDOUT)
 		return 0;
 	if (n == -FI_EAVAIL) {
 		memset(&err, 0, sizeof(err));

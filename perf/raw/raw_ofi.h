@@ -87,6 +87,8 @@ void raw_ofi_own(struct raw_ofi *r, struct raw_ctx *ctxs, size_t n);
  * -1 on a completion error (message printed, with the provider's explanation).
  */
 int raw_ofi_progress(struct raw_ofi *r);
+/* The same, but blocks up to timeout_ms for a completion (fi_cq_sread; needs o->events at open). */
+int raw_ofi_progress_wait(struct raw_ofi *r, int timeout_ms);
 
 /* Prints "tool: what: fi_strerror" and returns RAW_EXIT_FAIL. */
 int raw_ofi_fail(const struct raw_ofi *r, const char *what, ssize_t rc);
