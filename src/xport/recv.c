@@ -305,6 +305,10 @@ static void user_msg(struct xport *x, struct xp_peer *p, struct xp_recv *r)
 	deliver(x, r);
 }
 
+/*
+ * RDV_DONE: one per message, naming its last rendezvous tensor (by the answer's token) and
+ * reporting every rendezvous tensor of that message written (docs/transport.md).
+ */
 static void rdv_done(struct xport *x, struct xp_peer *p, const struct wire_msg *m)
 {
 	struct xp_rdv_in *rec;
@@ -319,18 +323,29 @@ static void rdv_done(struct xport *x, struct xp_peer *p, const struct wire_msg *
 			 "ignored", p->rank, p->name, (unsigned long long)m->env.req_id);
 		return;
 	}
-	rdv_unlink(p, rec);
-	rec->state = XRR_LANDED;
 	r = rec->r;
 	if (m->u.rdv_done.status < 0) {
-		LOG_WARN("xport: worker %u (%s) could not write tensor %u of its %s (%s): message "
-			 "dropped", p->rank, p->name, rec->index, wire_kind_name(r->rx.msg.kind),
+		LOG_WARN("xport: worker %u (%s) could not write the tensors of its %s (%s): message "
+			 "dropped", p->rank, p->name, wire_kind_name(r->rx.msg.kind),
 			 rdag_strerror(m->u.rdv_done.status));
 		xport_recv_free(x, r);
 		return;
 	}
-	if (--r->rdv_left == 0)
-		deliver(x, r);
+	for (struct xp_rdv_in *q = r->rdv; q; q = q->mnext) {
+		if (q->state != XRR_ANSWERED) {
+			LOG_WARN("xport: worker %u (%s) reports tensor %u of its %s written before it was "
+				 "told where: message dropped", p->rank, p->name, q->index,
+				 wire_kind_name(r->rx.msg.kind));
+			xport_recv_free(x, r);
+			return;
+		}
+	}
+	for (struct xp_rdv_in *q = r->rdv; q; q = q->mnext) {
+		rdv_unlink(p, q);
+		q->state = XRR_LANDED;
+	}
+	r->rdv_left = 0;
+	deliver(x, r);
 }
 
 int xport_flush_answers(struct xport *x, struct xp_peer *p)
@@ -486,7 +501,7 @@ void xport_recv_done(struct xport *x, struct xp_recv *r, const struct fab_cqe *c
 		xport_post_receives(x);
 		return;
 	}
-	p->last_rx_ns = xport_now_ns();
+	p->last_rx_ns = x->now;
 	if (m->env.credits) {
 		p->credits += m->env.credits;
 		xport_dirty(x, p);

@@ -251,39 +251,49 @@ static bool rdv_conflict(const struct xp_peer *p, uint64_t req_id)
 	return false;
 }
 
-/* Sends RDV_DONE for tensor t. 0, RDAG_EAGAIN (no credit or control op yet) or an error. */
-static int send_rdv_done(struct xport *x, struct xp_peer *p, struct xp_stensor *t)
+/*
+ * Sends op's RDV_DONE: one per message, once every rendezvous tensor is written, naming the last
+ * one (its answer's token as request id) and reporting all of them. Its credit was taken when the
+ * message went (a rendezvous message costs two), so it never waits for credits: a receiver
+ * whose buffers are all held by messages waiting for RDV_DONE can always be told.
+ * 0, RDAG_EAGAIN (no control op free) or an error.
+ */
+static int send_rdv_done(struct xport *x, struct xp_peer *p, struct xp_op *op,
+			 const struct xp_stensor *last, int32_t status)
 {
-	struct wire_env env = {.req_id = t->token, .src = (uint16_t)x->rank, .credits = 0};
-	struct wire_rdv_done d = {.req_id = t->op->req_id, .index = t->index, .status = t->rstatus};
-	struct xp_op *op;
+	struct wire_env env = {.req_id = last->token, .src = (uint16_t)x->rank, .credits = 0};
+	struct wire_rdv_done d = {.req_id = op->req_id, .index = last->index, .status = status};
+	struct xp_op *c = xport_ctl_get(x, p);
 	int rc;
 
-	if (p->credits < 2)
+	if (!c)
 		return RDAG_EAGAIN;
-	op = xport_ctl_get(x, p);
-	if (!op)
-		return RDAG_EAGAIN;
-	rc = wire_encode_rdv_done(op->buf, op->cap, &env, &d, &op->len);
+	c->needs_credit = 0; /* prepaid */
+	rc = wire_encode_rdv_done(c->buf, c->cap, &env, &d, &c->len);
 	if (rc) {
-		xport_op_free(x, op);
+		xport_op_free(x, c);
 		return rc;
 	}
-	return xport_ctl_post(x, op);
+	return xport_ctl_post(x, c);
 }
 
-/* Rendezvous work of p's ops: writes for answered tensors, then their RDV_DONE. */
+/* Rendezvous work of p's ops: writes for answered tensors, then the message's RDV_DONE. */
 static int flush_rdv(struct xport *x, struct xp_peer *p)
 {
 	struct xp_op **pp = &p->rdv_ops;
 
 	while (*pp) {
 		struct xp_op *op = *pp;
+		const struct xp_stensor *last = NULL;
+		bool written = true;
+		int32_t status = 0;
 		int rc = 0;
 
-		for (uint32_t i = 0; i < op->ntensors && !rc; i++) {
+		for (uint32_t i = 0; i < op->ntensors; i++) {
 			struct xp_stensor *t = &op->t[i];
 
+			if (t->rdv == XRT_NONE)
+				continue;
 			if (t->rdv == XRT_WRITING) {
 				rc = post_writes(x, t);
 				if (rc)
@@ -291,12 +301,19 @@ static int flush_rdv(struct xport *x, struct xp_peer *p)
 				if (x->vis == XP_VIS_SAW || t->writes_out == 0)
 					t->rdv = XRT_DONE_DUE;
 			}
-			if (t->rdv == XRT_DONE_DUE) {
-				rc = send_rdv_done(x, p, t);
-				if (rc)
-					break;
-				t->rdv = XRT_FINISHED;
-				op->rdv_left--;
+			if (t->rdv == XRT_WAIT_ANSWER || t->rdv == XRT_WRITING)
+				written = false;
+			if (t->rstatus)
+				status = t->rstatus;
+			last = t;
+		}
+		if (!rc && written && op->rdv_left && last) {
+			rc = send_rdv_done(x, p, op, last, status);
+			if (rc == 0) {
+				for (uint32_t i = 0; i < op->ntensors; i++)
+					if (op->t[i].rdv != XRT_NONE)
+						op->t[i].rdv = XRT_FINISHED;
+				op->rdv_left = 0;
 			}
 		}
 		if (rc && rc != RDAG_EAGAIN) {
@@ -401,7 +418,7 @@ static bool flush_peer(struct xport *x, struct xp_peer *p)
 		if (xport_send_hs(x, p, 0) == 0) {
 			p->ping_due = 0;
 			p->ping_out = 1;
-			p->ping_ns = xport_now_ns();
+			p->ping_ns = x->now;
 			x->st.pings_sent++;
 		} else {
 			blocked = true;
@@ -458,6 +475,7 @@ static bool flush_peer(struct xport *x, struct xp_peer *p)
 		op->queued = 0;
 		x->st.msgs_sent++;
 		if (op->rdv_left) {
+			p->credits--; /* prepaid: its RDV_DONE */
 			op->in_rdv = 1;
 			op->rnext = p->rdv_ops;
 			p->rdv_ops = op;
@@ -655,6 +673,8 @@ static int build_user(struct xport *x, struct xp_peer *p, struct xp_op *op, uint
 		if (rc)
 			goto undo;
 	}
+	/* A rendezvous message also pays for its RDV_DONE, and the last credit stays for CREDIT. */
+	op->min_credits = op->rdv_left ? 3 : 2;
 	for (uint32_t i = 0; i < n; i++) {
 		if (op->t[i].loc == WIRE_LOC_INLINE)
 			x->st.tensors_inline++;
@@ -682,6 +702,14 @@ undo:
 
 static void enqueue(struct xport *x, struct xp_peer *p, struct xp_op *op)
 {
+	/* Fast path: nothing waits before it and nothing to write first: post it now. */
+	if (!p->bl_head && !op->eager_left && !op->rdv_left && p->credits >= op->min_credits &&
+	    !p->pong_due && !p->ping_due && !p->nrefusals && p->state == XP_PEER_UP &&
+	    post_msg(x, p, op) == 0) {
+		x->st.msgs_sent++;
+		xport_op_check(x, op);
+		return;
+	}
 	op->queued = 1;
 	op->next = NULL;
 	if (p->bl_tail)

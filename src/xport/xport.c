@@ -31,6 +31,14 @@ uint64_t xport_now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t xport_coarse_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 /* ---- options --------------------------------------------------------------------------------- */
 
 static int parse_size(const char *s, size_t *out)
@@ -336,17 +344,16 @@ static void idle_tails(struct xport *x)
 
 int xport_progress(struct xport *x, int timeout_ms)
 {
-	uint64_t now = xport_now_ns(), deadline, spin_end;
+	uint64_t now = 0, deadline = 0, spin_end = 0;
 	int total = 0;
 
-	deadline = timeout_ms < 0 ? UINT64_MAX : now + (uint64_t)timeout_ms * 1000000u;
-	spin_end = now + (uint64_t)x->o.busy_poll_us * 1000u;
 	for (;;) {
 		struct ev_batch b;
 		int n;
 
 		xp_lock(x);
-		n = pass(x, now);
+		x->now = xport_coarse_ns();
+		n = pass(x, x->now);
 		if (n < 0) {
 			xp_unlock(x);
 			return err_set(n, "xport: polling completions: %s", rdag_last_error());
@@ -359,10 +366,14 @@ int xport_progress(struct xport *x, int timeout_ms)
 				xp_lock(x);
 		} while (b.more);
 		total += n;
-		if (total)
+		if (total || timeout_ms == 0)
 			return total;
 		now = xport_now_ns();
-		if (timeout_ms == 0 || now >= deadline)
+		if (!deadline) {
+			deadline = timeout_ms < 0 ? UINT64_MAX : now + (uint64_t)timeout_ms * 1000000u;
+			spin_end = now + (uint64_t)x->o.busy_poll_us * 1000u;
+		}
+		if (now >= deadline)
 			return 0;
 		if (now < spin_end)
 			continue;
@@ -372,7 +383,6 @@ int xport_progress(struct xport *x, int timeout_ms)
 		if (!(x->attr->caps & FAB_CAP_WAIT_FD)) {
 			xp_unlock(x);
 			sched_yield();
-			now = xport_now_ns();
 			continue;
 		}
 		{
@@ -381,10 +391,8 @@ int xport_progress(struct xport *x, int timeout_ms)
 			struct pollfd pfd;
 
 			xp_unlock(x);
-			if (arm == RDAG_EAGAIN) {
-				now = xport_now_ns();
+			if (arm == RDAG_EAGAIN)
 				continue;
-			}
 			if (arm < 0 || fd < 0)
 				return err_set(arm < 0 ? arm : fd, "xport: cannot block on the endpoint: %s",
 					       rdag_last_error());
@@ -395,7 +403,6 @@ int xport_progress(struct xport *x, int timeout_ms)
 			pfd.revents = 0;
 			(void)poll(&pfd, 1, (int)(wait_ns / 1000000u) + 1);
 		}
-		now = xport_now_ns();
 	}
 }
 
@@ -503,6 +510,7 @@ static int handshake_all(struct xport *x)
 		int n;
 
 		xp_lock(x);
+		x->now = xport_coarse_ns();
 		for (i = 0; i < x->world; i++) {
 			struct xp_peer *p = &x->peers[i];
 
@@ -521,7 +529,7 @@ static int handshake_all(struct xport *x)
 				}
 			}
 		}
-		n = pass(x, now);
+		n = pass(x, x->now);
 		for (i = 0; i < x->world; i++) {
 			struct xp_peer *p = &x->peers[i];
 
@@ -598,7 +606,6 @@ int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, st
 	x = calloc(1, sizeof(*x));
 	if (!x)
 		return err_set(RDAG_ENOMEM, "xport_open: no memory");
-	pthread_mutex_init(&x->lock, NULL);
 	x->o = *o;
 	x->ep = ep;
 	x->attr = fab_attr(ep);
@@ -655,7 +662,7 @@ int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, st
 	x->timeout_ns = (uint64_t)x->o.peer_timeout_ms * 1000000u;
 	x->ka_ns = x->timeout_ns / 4;
 	x->job_token = fnv1a(boot_job_token(b));
-	x->timer_ns = xport_now_ns();
+	x->now = x->timer_ns = xport_coarse_ns();
 
 	x->peers = calloc(x->world, sizeof(*x->peers));
 	if (!x->peers) {
@@ -715,8 +722,9 @@ int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, st
 	x->open = 1;
 	x->st.posted_total = x->nrx;
 	x->st.posted_min = x->posted;
+	x->now = xport_coarse_ns();
 	for (uint32_t i = 0; i < x->world; i++)
-		x->peers[i].last_rx_ns = xport_now_ns();
+		x->peers[i].last_rx_ns = x->now;
 	xp_unlock(x);
 	LOG_INFO("xport: worker %u of %u up on %s/%s (%s): %u credits per peer, arena %zu, inline "
 		 "<= %zu, eager <= %zu, messages <= %zu", x->rank, x->world, x->attr->provider,
@@ -772,7 +780,6 @@ static void teardown(struct xport *x)
 	free(x->tx_mem);
 	free(x->ops);
 	free(x->peers);
-	pthread_mutex_destroy(&x->lock);
 	free(x);
 }
 

@@ -2,7 +2,7 @@
 #ifndef RDAG_XPORT_INT_H
 #define RDAG_XPORT_INT_H
 
-#include <pthread.h>
+#include <sched.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -196,7 +196,8 @@ struct xp_peer {
 };
 
 struct xport {
-	pthread_mutex_t lock;
+	int lock;                 /* xp_lock */
+	uint64_t now;             /* coarse time of the current progress pass */
 	struct fab_ep *ep;
 	const struct fab_attr *attr;
 	struct xport_opts o;
@@ -249,16 +250,37 @@ struct xport {
 
 /* ---- locking and time ------------------------------------------------------------------- */
 
+/*
+ * The xport's lock: a test-and-test-and-set spinlock that yields the CPU after a short spin.
+ * Critical sections are short (no callbacks, no blocking), and the uncontended cost (one atomic
+ * exchange, one store) matters: it is taken several times per message and per empty poll.
+ */
 static inline void xp_lock(struct xport *x)
 {
-	pthread_mutex_lock(&x->lock);
+	while (__atomic_exchange_n(&x->lock, 1, __ATOMIC_ACQUIRE)) {
+		unsigned spins = 0;
+
+		while (__atomic_load_n(&x->lock, __ATOMIC_RELAXED)) {
+			if (++spins < 128) {
+#if defined(__x86_64__) || defined(__i386__)
+				__builtin_ia32_pause();
+#endif
+			} else {
+				sched_yield();
+				spins = 0;
+			}
+		}
+	}
 }
 static inline void xp_unlock(struct xport *x)
 {
-	pthread_mutex_unlock(&x->lock);
+	__atomic_store_n(&x->lock, 0, __ATOMIC_RELEASE);
 }
 
+/* Monotonic time in ns (precise). */
 uint64_t xport_now_ns(void);
+/* Monotonic time in ns at the clock tick's resolution (ms): cheap, for keepalive timing. */
+uint64_t xport_coarse_ns(void);
 
 /* ---- arena.c ----------------------------------------------------------------------------- */
 
