@@ -221,7 +221,14 @@ void rp_watch(struct rp *r)
 
 int rp_expired(struct rp *r, const char *what)
 {
-	if (raw_now_ns() < r->deadline_ns)
+	uint64_t now = raw_now_ns();
+
+	if (r->progress != r->seen) {
+		r->seen = r->progress;
+		r->deadline_ns = now + (uint64_t)r->o.timeout_s * 1000000000u;
+		return 0;
+	}
+	if (now < r->deadline_ns)
 		return 0;
 	fprintf(stderr, "%s: no progress for %d s while %s (-T to change)\n", r->o.tool,
 		r->o.timeout_s, what);

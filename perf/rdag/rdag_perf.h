@@ -27,6 +27,7 @@ struct rp {
 	int local;              /* --local: we forked the server */
 	int child_pid;
 	uint64_t deadline_ns;
+	uint64_t progress, seen;  /* events handled; rp_expired restarts the clock when it moved */
 };
 
 /*
@@ -41,7 +42,10 @@ void rp_print_setup(const struct rp *r);
 /* Closes everything; waits for the forked server in --local mode. Returns rc or the server's failure. */
 int rp_close(struct rp *r, int rc);
 
-/* Arms the no-progress watchdog (-T) / checks it (prints and returns 1 when expired). */
+/*
+ * Arms the no-progress watchdog (-T) / checks it: prints and returns 1 when r->progress has not
+ * moved for -T seconds. Call rp_expired only now and then (it reads the clock).
+ */
 void rp_watch(struct rp *r);
 int rp_expired(struct rp *r, const char *what);
 

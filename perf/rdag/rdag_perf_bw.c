@@ -79,6 +79,8 @@ static void on_recv(void *arg, struct xport_rx *rx)
 
 static int wait_for(struct bw *b, const uint64_t *counter, uint64_t target, const char *what)
 {
+	unsigned spins = 0;
+
 	rp_watch(&b->r);
 	while (*counter < target && !b->failed) {
 		int n = xport_progress(b->r.x, 0);
@@ -87,9 +89,8 @@ static int wait_for(struct bw *b, const uint64_t *counter, uint64_t target, cons
 			fprintf(stderr, "%s: progress: %s\n", b->r.o.tool, rdag_last_error());
 			return RAW_EXIT_FAIL;
 		}
-		if (n > 0)
-			rp_watch(&b->r);
-		else if (rp_expired(&b->r, what))
+		b->r.progress += (uint64_t)n;
+		if (n == 0 && (++spins & 0x3ff) == 0 && rp_expired(&b->r, what))
 			return RAW_EXIT_FAIL;
 	}
 	return b->failed ? RAW_EXIT_FAIL : 0;
@@ -116,10 +117,13 @@ static int client_round(struct bw *b, size_t size, long count, uint64_t *elapsed
 			rc = xport_send(b->r.x, 0, (uint64_t)i, enc_grad, NULL, &t, 1, on_done, b);
 			if (rc != RDAG_EAGAIN)
 				break;
-			if (xport_progress(b->r.x, 0) < 0 || rp_expired(&b->r, "sending")) {
+			int n = xport_progress(b->r.x, 0);
+
+			if (n < 0 || rp_expired(&b->r, "sending")) {
 				rc = RAW_EXIT_FAIL;
 				break;
 			}
+			b->r.progress += (uint64_t)n;
 		}
 		if (rc && rc != RAW_EXIT_FAIL) {
 			fprintf(stderr, "%s: send: %s\n", b->r.o.tool, rdag_last_error());
@@ -127,7 +131,6 @@ static int client_round(struct bw *b, size_t size, long count, uint64_t *elapsed
 		}
 		if (!rc)
 			b->sent++;
-		rp_watch(&b->r);
 	}
 	if (!rc)
 		rc = wait_for(b, &b->acks, acks, "waiting for the server's answer");

@@ -127,7 +127,8 @@ static void on_recv(void *arg, struct xport_rx *rx)
 
 static int wait_got(struct lat *l, uint64_t target)
 {
-	rp_watch(&l->r);
+	unsigned spins = 0;
+
 	while (l->got < target && !l->failed) {
 		int n = xport_progress(l->r.x, 0);
 
@@ -135,9 +136,8 @@ static int wait_got(struct lat *l, uint64_t target)
 			fprintf(stderr, "%s: progress: %s\n", l->r.o.tool, rdag_last_error());
 			return RAW_EXIT_FAIL;
 		}
-		if (n > 0)
-			rp_watch(&l->r);
-		else if (rp_expired(&l->r, "waiting for a message"))
+		l->r.progress += (uint64_t)n;
+		if (n == 0 && (++spins & 0x3ff) == 0 && rp_expired(&l->r, "waiting for a message"))
 			return RAW_EXIT_FAIL;
 	}
 	return l->failed ? RAW_EXIT_FAIL : 0;
@@ -145,13 +145,16 @@ static int wait_got(struct lat *l, uint64_t target)
 
 static int wait_done(struct lat *l)
 {
-	rp_watch(&l->r);
+	unsigned spins = 0;
+
 	while (l->done < l->sent && !l->failed) {
 		int n = xport_progress(l->r.x, 0);
 
 		if (n < 0)
 			return RAW_EXIT_FAIL;
-		if (n == 0 && rp_expired(&l->r, "waiting for our sends to finish"))
+		l->r.progress += (uint64_t)n;
+		if (n == 0 && (++spins & 0x3ff) == 0 &&
+		    rp_expired(&l->r, "waiting for our sends to finish"))
 			return RAW_EXIT_FAIL;
 	}
 	return l->failed ? RAW_EXIT_FAIL : 0;
@@ -174,6 +177,7 @@ static int run_size(struct lat *l, size_t size, int payload_sized, uint64_t *rtt
 		fprintf(stderr, "%s: barrier: %s\n", o->tool, rdag_last_error());
 		return RAW_EXIT_FAIL;
 	}
+	rp_watch(&l->r);
 	if (!o->host) {
 		rc = wait_got(l, l->got + (uint64_t)(warm + n));
 		/* Our last answer may still need our progress to leave (its writes' completions). */

@@ -358,13 +358,17 @@ int xport_progress(struct xport *x, int timeout_ms)
 			xp_unlock(x);
 			return err_set(n, "xport: polling completions: %s", rdag_last_error());
 		}
-		do {
-			collect(x, &b);
-			xp_unlock(x);
-			total += fire(x, &b);
-			if (b.more)
-				xp_lock(x);
-		} while (b.more);
+		if (!x->done_head && !x->deliver_head && !x->dead_events) {
+			xp_unlock(x); /* the common case of an empty poll: no events to run */
+		} else {
+			do {
+				collect(x, &b);
+				xp_unlock(x);
+				total += fire(x, &b);
+				if (b.more)
+					xp_lock(x);
+			} while (b.more);
+		}
 		total += n;
 		if (total || timeout_ms == 0)
 			return total;

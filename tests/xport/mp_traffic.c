@@ -1,6 +1,8 @@
-/* Transport scenarios on healthy peers: control-message ping-pong, the 100,000-message burst, tensors of every size. */
+/* Transport scenarios on healthy peers: ping-pong, the 100,000-message burst, tensors of every size, threads. */
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "xport_mp.h"
 
@@ -437,4 +439,138 @@ void sc_tensors(struct mp_worker *w)
 		for (uint32_t j = 0; j < s.msgs[i].n; j++)
 			free(s.msgs[i].buf[j]);
 	free(s.msgs);
+}
+
+/* ---- a progress thread beside the sending thread ----------------------------------------------- */
+
+#define THR_SIZES 3
+static const uint64_t thr_sizes[THR_SIZES] = {100, 20000, 3u << 20}; /* inline, eager, rendezvous */
+
+struct thr {
+	struct mp_worker *w;
+	long per_peer;
+	uint8_t *buf[THR_SIZES];
+	int stop;                      /* atomics: the threads share these */
+	long received, done, failed, bad;
+	pthread_mutex_t m;
+	pthread_cond_t c;
+};
+
+static void *thr_progress(void *arg)
+{
+	struct thr *s = arg;
+
+	while (!__atomic_load_n(&s->stop, __ATOMIC_ACQUIRE))
+		if (xport_progress(s->w->x, 20) < 0)
+			__atomic_add_fetch(&s->failed, 1, __ATOMIC_RELAXED);
+	return NULL;
+}
+
+static void thr_kick(struct thr *s)
+{
+	pthread_mutex_lock(&s->m);
+	pthread_cond_broadcast(&s->c);
+	pthread_mutex_unlock(&s->m);
+}
+
+static void thr_done(void *arg, int status)
+{
+	struct thr *s = arg;
+
+	if (status)
+		__atomic_add_fetch(&s->failed, 1, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&s->done, 1, __ATOMIC_RELEASE);
+	thr_kick(s);
+}
+
+/* Runs on the progress thread. */
+static void thr_rx(struct mp_worker *w, struct xport_rx *rx)
+{
+	struct thr *s = w->sc;
+	uint64_t k = rx->msg.env.req_id % THR_SIZES;
+
+	if (rx->ntensors != 1 || rx->tensors[0].desc.nbytes != thr_sizes[k] ||
+	    mp_check(rx->tensors[0].data, thr_sizes[k], mp_seed(rx->peer, k, 7)))
+		__atomic_add_fetch(&s->bad, 1, __ATOMIC_RELAXED);
+	xport_release(w->x, rx);
+	__atomic_add_fetch(&s->received, 1, __ATOMIC_RELEASE);
+	thr_kick(s);
+}
+
+void sc_threads(struct mp_worker *w)
+{
+	struct thr s;
+	pthread_t th;
+	long want, sent = 0;
+
+	memset(&s, 0, sizeof(s));
+	s.w = w;
+	s.per_peer = w->cfg->count ? w->cfg->count : 300;
+	want = s.per_peer * (w->world - 1);
+	pthread_mutex_init(&s.m, NULL);
+	pthread_cond_init(&s.c, NULL);
+	for (int k = 0; k < THR_SIZES; k++) {
+		s.buf[k] = malloc(thr_sizes[k]);
+		MP_CHECK(w, s.buf[k] != NULL, "out of memory");
+		if (s.buf[k])
+			mp_fill(s.buf[k], thr_sizes[k], mp_seed((uint32_t)w->rank, (uint64_t)k, 7));
+	}
+	w->sc = &s;
+	w->on_rx = thr_rx;
+	MP_CHECK(w, pthread_create(&th, NULL, thr_progress, &s) == 0, "pthread_create");
+	/* This thread only sends; the progress thread runs every callback. */
+	for (long i = 0; i < s.per_peer && !w->fail; i++) {
+		for (int r = 0; r < w->world; r++) {
+			struct xport_tensor t;
+			uint64_t k = (uint64_t)i % THR_SIZES;
+			int rc;
+
+			if (r == w->rank)
+				continue;
+			t.data = s.buf[k];
+			mp_desc_u8(&t.desc, thr_sizes[k]);
+			while ((rc = xport_send(w->x, (uint32_t)r, (uint64_t)i, mp_enc_grad, NULL, &t, 1, thr_done,
+						&s)) == RDAG_EAGAIN) {
+				pthread_mutex_lock(&s.m);
+				/* An op comes free when a send finishes: wait for that, not for a time. */
+				if (__atomic_load_n(&s.done, __ATOMIC_ACQUIRE) < sent)
+					pthread_cond_wait(&s.c, &s.m);
+				pthread_mutex_unlock(&s.m);
+				if (mp_late(w))
+					break;
+			}
+			MP_CHECK(w, rc == 0, "send %ld to %d: %s", i, r, rdag_last_error());
+			if (rc)
+				break;
+			sent++;
+		}
+	}
+	pthread_mutex_lock(&s.m);
+	while (!w->fail && (__atomic_load_n(&s.received, __ATOMIC_ACQUIRE) < want ||
+			    __atomic_load_n(&s.done, __ATOMIC_ACQUIRE) < sent)) {
+		struct timespec ts;
+
+		/* A bounded wait so the scenario deadline is checked; completion wakes it earlier. */
+		clock_gettime(CLOCK_REALTIME, &ts);
+		ts.tv_sec += 1;
+		pthread_cond_timedwait(&s.c, &s.m, &ts);
+		if (mp_late(w))
+			break;
+	}
+	pthread_mutex_unlock(&s.m);
+	__atomic_store_n(&s.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(th, NULL);
+	MP_CHECK(w, s.received == want && s.done == sent, "received %ld of %ld, %ld of %ld sends done",
+		 s.received, want, s.done, sent);
+	MP_CHECK(w, s.failed == 0 && s.bad == 0, "%ld failures, %ld bad messages", s.failed, s.bad);
+	if (!w->fail && w->rank == 0)
+		printf("threads: %ld messages per peer, sent from the main thread, delivered on the "
+		       "progress thread\n", s.per_peer);
+	w->on_rx = NULL;
+	w->sc = NULL;
+	MP_CHECK(w, boot_barrier(w->b) == 0, "barrier: %s", rdag_last_error());
+	for (int k = 0; k < THR_SIZES; k++)
+		free(s.buf[k]);
+	pthread_cond_destroy(&s.c);
+	pthread_mutex_destroy(&s.m);
 }
