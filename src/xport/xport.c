@@ -263,6 +263,19 @@ static void dispatch(struct xport *x, const struct fab_cqe *c)
 				 rdag_strerror(c->status), c->errmsg);
 		return;
 	}
+	if (c->op == FAB_OP_REMOTE_WRITE) {
+		/* We never write with immediate data; a peer that does used up a receive buffer. */
+		LOG_WARN("xport: unexpected write with immediate data from peer %u; ignored", c->peer);
+		if ((v & XP_CTX_MASK) == XP_CTX_RECV) {
+			struct xp_recv *r = obj;
+
+			x->posted--;
+			r->state = XRS_IDLE;
+			r->next = x->repost;
+			x->repost = r;
+		}
+		return;
+	}
 	switch (v & XP_CTX_MASK) {
 	case XP_CTX_SEND:
 		xport_send_done(x, obj, c->status, c->errmsg);
@@ -787,12 +800,42 @@ static void teardown(struct xport *x)
 	free(x);
 }
 
+/* True while a send to a live peer is still queued or in flight. Lock held. */
+static bool sends_pending(struct xport *x)
+{
+	for (uint32_t i = 0; i < x->nuser + x->nctl; i++) {
+		const struct xp_op *op = &x->ops[i];
+
+		if (op->peer && op->peer->state != XP_PEER_DEAD &&
+		    (op->queued || op->in_rdv || op->send_out || op->writes_out))
+			return true;
+	}
+	return false;
+}
+
 void xport_close(struct xport *x)
 {
 	struct ev_batch b;
+	uint64_t deadline;
 
 	if (!x)
 		return;
+	/*
+	 * Let what is already queued or in flight leave first (bounded): a message posted just
+	 * before closing may still need our progress to go out (manual-progress providers).
+	 */
+	deadline = xport_now_ns() + XP_CLOSE_DRAIN_MS * 1000000ull;
+	for (;;) {
+		bool pending;
+
+		xp_lock(x);
+		pending = sends_pending(x);
+		xp_unlock(x);
+		if (!pending || xport_now_ns() > deadline)
+			break;
+		if (xport_progress(x, 1) < 0)
+			break;
+	}
 	xp_lock(x);
 	x->closing = 1;
 	for (uint32_t i = 0; i < x->world; i++) {

@@ -130,9 +130,11 @@ void xport_fab_opts(const struct xport_opts *o, uint32_t world, uint32_t rank,
 int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, struct xport **out);
 
 /*
- * Tears down: pending sends fail with RDAG_ECANCELED (callbacks run here, on the calling thread),
- * undelivered messages are dropped, messages still held are released, then registrations, the
- * endpoint and the memory go. Call it once no other thread uses x. NULL is a no-op.
+ * Tears down: first gives sends already queued or in flight to live peers up to 2 s to finish
+ * (making progress, so callbacks may run), then pending sends fail with RDAG_ECANCELED
+ * (callbacks run here, on the calling thread), undelivered messages are dropped, messages still
+ * held are released, then registrations, the endpoint and the memory go. Call it once no other
+ * thread uses x. NULL is a no-op.
  */
 void xport_close(struct xport *x);
 

@@ -20,6 +20,7 @@
 #define XP_TX_SMALL 4u             /* tensors described inside a send op without allocation */
 #define XP_HS_VERSION 1u           /* transport protocol version spoken in handshakes */
 #define XP_EXTRA_RECV 2u           /* receive buffers per peer beyond its credits: ping + pong */
+#define XP_CLOSE_DRAIN_MS 2000u    /* xport_close waits this long at most for sends in flight */
 
 /* Completion contexts are pointers to our own objects, tagged in their low two bits. */
 enum xp_ctx_tag {

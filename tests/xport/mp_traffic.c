@@ -202,7 +202,7 @@ void sc_burst(struct mp_worker *w)
 	uint64_t t0 = mp_now_ns();
 
 	memset(&s, 0, sizeof(s));
-	s.per_sender = total / (w->world - 1);
+	s.per_sender = (total + w->world - 2) / (w->world - 1); /* at least `total` in all */
 	w->sc = &s;
 	if (w->rank == 0) {
 		for (int r = 1; r < w->world; r++) {
