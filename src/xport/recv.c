@@ -504,7 +504,10 @@ void xport_recv_done(struct xport *x, struct xp_recv *r, const struct fab_cqe *c
 	p->last_rx_ns = x->now;
 	if (m->env.credits) {
 		p->credits += m->env.credits;
-		xport_dirty(x, p);
+		/* Only worth a flush if something waits for credits. */
+		if (p->bl_head || p->rdv_in || p->nrefusals || p->owed >= x->credit_thresh ||
+		    p->ain.tail != p->ain.reported)
+			xport_dirty(x, p);
 	}
 	r->rx.peer = src;
 	r->rx.buf = r->buf;
