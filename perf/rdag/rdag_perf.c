@@ -34,10 +34,19 @@ void rp_init(struct rp *r, enum raw_kind kind, int *argc, char **argv)
 		setenv("RDAG_OFI_PROVIDER", r->o.provider, 1);
 	}
 	if (r->o.device) {
-		const char *f = getenv("RDAG_FABRIC");
+		/*
+		 * -d names the libfabric domain or the verbs device. rdag's fabric options have no
+		 * libfabric domain, so it goes to the providers' own variables, as the raw tools'
+		 * domain choice would: the interface for tcp, the device for verbs.
+		 */
+		const char *f = getenv("RDAG_FABRIC"), *p = getenv("RDAG_OFI_PROVIDER");
 
 		if (f && strcmp(f, "verbs") == 0)
 			setenv("RDAG_IB_DEVICE", r->o.device, 1);
+		else if (p && strstr(p, "tcp"))
+			setenv("FI_TCP_IFACE", r->o.device, 0);
+		else if (p && strstr(p, "verbs"))
+			setenv("FI_VERBS_DEVICE_NAME", r->o.device, 0);
 	}
 	xport_opts_init(&r->xo);
 }
