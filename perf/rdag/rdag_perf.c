@@ -175,7 +175,6 @@ int rp_open(struct rp *r)
 	rc = xport_open(&r->xo, r->b, ep, &r->x);
 	if (rc) {
 		fprintf(stderr, "%s: transport: %s\n", r->o.tool, rdag_last_error());
-		fab_close(ep);
 		return RAW_EXIT_FAIL;
 	}
 	if (check_params(r))

@@ -614,15 +614,22 @@ int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, st
 	int rc;
 
 	*out = NULL;
-	if (!o || !b || !ep || !o->on_recv)
+	if (!o || !b || !ep || !o->on_recv) {
+		if (ep)
+			fab_close(ep);
 		return err_set(RDAG_EINVAL, "xport_open: options, bootstrap, endpoint and a receive "
 			       "callback are required");
-	if (boot_world(b) > 65535)
+	}
+	if (boot_world(b) > 65535) {
+		fab_close(ep);
 		return err_set(RDAG_ERANGE, "xport_open: %u workers (worker ids are 16 bits)",
 			       boot_world(b));
+	}
 	x = calloc(1, sizeof(*x));
-	if (!x)
+	if (!x) {
+		fab_close(ep);
 		return err_set(RDAG_ENOMEM, "xport_open: no memory");
+	}
 	x->o = *o;
 	x->ep = ep;
 	x->attr = fab_attr(ep);
@@ -750,13 +757,15 @@ int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, st
 	*out = x;
 	return 0;
 fail:
-	/* The endpoint stays the caller's on failure. */
-	x->ep_borrowed = 1;
+	/*
+	 * The endpoint goes too: it may hold receives posted into our buffers, which a NIC could
+	 * still write into once they are freed.
+	 */
 	teardown(x);
 	return rc;
 }
 
-/* Frees everything; closes the endpoint unless borrowed. */
+/* Frees everything and closes the endpoint. */
 static void teardown(struct xport *x)
 {
 	x->closing = 1;
@@ -787,7 +796,7 @@ static void teardown(struct xport *x)
 		(void)fab_mr_dereg(x->ep, &x->rx_mr);
 	if (x->tx_registered)
 		(void)fab_mr_dereg(x->ep, &x->tx_mr);
-	if (!x->ep_borrowed && x->ep)
+	if (x->ep)
 		fab_close(x->ep);
 	if (x->peers)
 		for (uint32_t i = 0; i < x->world; i++)

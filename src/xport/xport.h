@@ -121,8 +121,9 @@ void xport_fab_opts(const struct xport_opts *o, uint32_t world, uint32_t rank,
 /*
  * Creates the transport of this worker: allgathers endpoint addresses through b, connects ep,
  * registers pools and arenas, and handshakes with every peer (collective: every rank of b calls
- * it). Takes ownership of ep on success (xport_close closes it). b stays the caller's and is not
- * kept. Fails with the reason in rdag_last_error(): RDAG_EACCES (a peer has another job token),
+ * it). Takes ownership of ep whatever happens: xport_close closes it, and so does a failed
+ * xport_open (receives may be posted into buffers it frees). b stays the caller's, not kept.
+ * Fails with the reason in rdag_last_error(): RDAG_EACCES (a peer has another job token),
  * RDAG_ETIMEDOUT (naming the peers that did not answer), RDAG_ENOSYS (the provider offers
  * neither FAB_CAP_ORDER_SAW nor FAB_CAP_WRITE_DELIVERED), RDAG_EINVAL (bad options). Not
  * thread-safe with respect to b.

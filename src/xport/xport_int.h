@@ -208,7 +208,6 @@ struct xport {
 	uint32_t credit_thresh;   /* owed credits that justify an explicit CREDIT message */
 	uint64_t job_token;
 	int open;                 /* handshakes done */
-	int ep_borrowed;          /* the endpoint is not ours to close (xport_open failed) */
 	int closing;
 	int can_inject;
 	size_t inject_size;

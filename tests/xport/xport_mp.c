@@ -326,7 +326,6 @@ static int worker(const struct mp_cfg *cfg, int rank, int lfd, int port, int rea
 	rc = xport_open(&w.xo, w.b, ep, &w.x);
 	if (rc) {
 		fprintf(stderr, "rank %d: xport_open: %s: %s\n", rank, rdag_strerror(rc), rdag_last_error());
-		fab_close(ep);
 		boot_close(w.b);
 		return 1;
 	}
