@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <glob.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
@@ -199,6 +200,20 @@ void rp_print_setup(const struct rp *r)
 	raw_hdr("registration", "rcache, monitor %s", rcache_monitor_name(rs.monitor));
 }
 
+/* A killed shm process leaves /dev/shm/<pid>:*, which breaks a later process with that pid. */
+static void forget_shm(pid_t pid)
+{
+	char pat[64];
+	glob_t g;
+
+	snprintf(pat, sizeof(pat), "/dev/shm/%d:*", (int)pid);
+	if (glob(pat, 0, NULL, &g) == 0) {
+		for (size_t i = 0; i < g.gl_pathc; i++)
+			unlink(g.gl_pathv[i]);
+		globfree(&g);
+	}
+}
+
 int rp_close(struct rp *r, int rc)
 {
 	if (r->x)
@@ -212,8 +227,9 @@ int rp_close(struct rp *r, int rc)
 
 		if (rc)
 			kill(r->child_pid, SIGTERM);
-		if (waitpid(r->child_pid, &st, 0) == r->child_pid && !rc &&
-		    !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
+		if (waitpid(r->child_pid, &st, 0) == r->child_pid && WIFSIGNALED(st))
+			forget_shm(r->child_pid);
+		if (!rc && !(WIFEXITED(st) && WEXITSTATUS(st) == 0)) {
 			fprintf(stderr, "%s: the forked server failed\n", r->o.tool);
 			rc = WIFEXITED(st) && WEXITSTATUS(st) == RAW_EXIT_SKIP ? RAW_EXIT_SKIP
 									       : RAW_EXIT_FAIL;

@@ -1,6 +1,7 @@
 /* Multi-process transport tests: forks N workers that meet through the bootstrap on 127.0.0.1 and run one scenario. */
 #include <errno.h>
 #include <getopt.h>
+#include <glob.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -341,6 +342,25 @@ static int worker(const struct mp_cfg *cfg, int rank, int lfd, int port, int rea
 	return w.fail ? 1 : 0;
 }
 
+/*
+ * libfabric's shm provider names a process's shared-memory region after its pid
+ * (/dev/shm/<pid>:<n>:<n>) and removes it when the endpoint closes. A process killed with
+ * SIGKILL leaves it behind, and a later process that gets the same pid then fails in fi_enable
+ * (EBUSY). So the regions of the processes this test kills go with them.
+ */
+static void forget_shm(pid_t pid)
+{
+	char pat[64];
+	glob_t g;
+
+	snprintf(pat, sizeof(pat), "/dev/shm/%d:*", (int)pid);
+	if (glob(pat, 0, NULL, &g) == 0) {
+		for (size_t i = 0; i < g.gl_pathc; i++)
+			unlink(g.gl_pathv[i]);
+		globfree(&g);
+	}
+}
+
 static int listen_any(int *port)
 {
 	struct sockaddr_in sa;
@@ -458,6 +478,7 @@ int main(int argc, char **argv)
 					fprintf(stderr, " rank %d", r);
 					kill(pids[r], SIGKILL);
 					waitpid(pids[r], &status[r], 0);
+					forget_shm(pids[r]);
 					done[r] = 1;
 				}
 			}
@@ -474,6 +495,8 @@ int main(int argc, char **argv)
 			skipped++;
 			continue;
 		}
+		if (WIFSIGNALED(st))
+			forget_shm(pids[r]);
 		if (WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL && strcmp(cfg.scenario, "kill") == 0 &&
 		    r == cfg.n - 1 && sh->kill_ns)
 			continue;
