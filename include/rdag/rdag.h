@@ -5,5 +5,9 @@
 #include <rdag/export.h>
 #include <rdag/error.h>
 #include <rdag/version.h>
+#include <rdag/tensor.h>
+#include <rdag/agent.h>
+#include <rdag/context.h>
+#include <rdag/rpc.h>
 
 #endif /* RDAG_RDAG_H */

@@ -185,6 +185,13 @@ struct xport_rx {
 	struct xport_rx_tensor *tensors;
 };
 
+/*
+ * The tensor list of a decoded message: the innermost message's, decoding wrappers (depth-first,
+ * inner views in inner[], WIRE_MAX_DEPTH + 1 entries). 0 with count 0 for kinds without tensors;
+ * a decoding error of an inner message otherwise.
+ */
+int xport_msg_tensors(const struct wire_msg *m, struct wire_msg *inner, struct wire_tensor_list *out);
+
 /* Gives the message's receive buffer, arena slots and rendezvous buffers back. Thread-safe. */
 void xport_release(struct xport *x, struct xport_rx *rx);
 

@@ -341,12 +341,6 @@ void xport_recv_done(struct xport *x, struct xp_recv *r, const struct fab_cqe *c
 void xport_recv_peer_dead(struct xport *x, struct xp_peer *p);
 /* Returns the receive buffer (and everything the message held) to the pool. */
 void xport_recv_free(struct xport *x, struct xp_recv *r);
-/*
- * The tensor list of a decoded message: the innermost message's, decoding wrappers (depth-first,
- * inner views in inner[], WIRE_MAX_DEPTH + 1 entries). 0 with count 0 for kinds without tensors;
- * a decoding error of an inner message otherwise.
- */
-int xport_msg_tensors(const struct wire_msg *m, struct wire_msg *inner, struct wire_tensor_list *out);
 /* Flushes the rendezvous answers due to p (with credits). 0, or RDAG_EAGAIN to stop flushing p. */
 int xport_flush_answers(struct xport *x, struct xp_peer *p);
 

@@ -1,0 +1,256 @@
+/* Agent internals shared by its files: the agent, futures, handler pool, outgoing and incoming messages. */
+#ifndef RDAG_AGENT_AGENT_INT_H
+#define RDAG_AGENT_AGENT_INT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <rdag/rdag.h>
+
+#include "ctx/ctxmgr.h"
+#include "util/u64map.h"
+#include "wire/wire.h"
+#include "xport/xport.h"
+
+struct boot;
+
+/* ---- handler pool (pool.c) ----------------------------------------------------------------- */
+
+struct ag_job {
+	struct ag_job *next;
+	void (*run)(struct ag_job *j);
+};
+
+struct ag_pool {
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	struct ag_job *head, *tail;
+	bool stop;
+	int nthreads;
+	pthread_t *threads;
+	atomic_int busy;           /* jobs queued or running */
+};
+
+int pool_start(struct ag_pool *p, int nthreads, const char *name);
+void pool_stop(struct ag_pool *p);
+void pool_push(struct ag_pool *p, struct ag_job *j);
+/* 1 if the calling thread is one of p's handler threads. */
+int pool_is_mine(struct ag_pool *p);
+/*
+ * Waits until *flag becomes true, running queued jobs meanwhile when called on a handler thread
+ * (so a handler waiting for a nested call never starves the pool). timeout_ms < 0: no limit.
+ * Returns 0 or RDAG_ETIMEDOUT. Completers call pool_kick() after setting the flag.
+ */
+int pool_wait_flag(struct ag_pool *p, atomic_bool *flag, int timeout_ms, rdag_agent_t *a);
+void pool_kick(struct ag_pool *p);
+
+/* ---- futures (rpc.c) ----------------------------------------------------------------------- */
+
+enum ag_call_kind { AGC_CALL = 1, AGC_RREF_CALL, AGC_FETCH, AGC_CLEANUP, AGC_DELETE };
+
+struct rdag_future {
+	rdag_agent_t *a;
+	atomic_int refs;           /* the caller's + the pending map's + the send's */
+	uint64_t req_id;
+	uint32_t dst;
+	int kind;                  /* enum ag_call_kind */
+	pthread_mutex_t lock;
+	pthread_cond_t cond;
+	atomic_bool done;
+	bool got_reply, sent;      /* done = got_reply && sent, or a failure */
+	int status;
+	char *errtext;
+	struct xport_rx *rx;       /* the reply, held until free */
+	bool rx_loop;              /* rx is a loopback copy (agent frees it) */
+	struct rdag_msg result;
+	struct rdag_tensor *tensors;
+	void (*cb)(void *arg, rdag_future_t *f, int status);
+	void *cb_arg;
+	bool cb_set;
+	/* autograd: the call's context (for the recv function of a wrapped reply) */
+	bool wrapped;
+	uint64_t ctx_id;
+	struct ag_out *out;        /* the outgoing message, freed once sent */
+};
+
+/* ---- outgoing messages (msg.c) ------------------------------------------------------------- */
+
+/* A message to send, with its optional profiling and autograd wrappers; the encoder's argument. */
+struct ag_out {
+	uint8_t kind;              /* innermost kind */
+	bool has_fwd;
+	uint8_t fwd_kind;          /* FORWARD_AUTOGRAD_REQ or _RESP */
+	struct wire_fwd fwd;
+	bool has_prof;
+	uint8_t prof_kind;         /* RUN_WITH_PROFILING_REQ or _RESP */
+	struct wire_prof_req prof;
+	struct wire_prof_event *events; /* _RESP */
+	uint32_t nevents;
+	/* innermost fields */
+	struct wire_call call;     /* RPC_CALL, RREF_CALL */
+	struct wire_bytes payload; /* RPC_RESP, RREF_FETCH_RESP */
+	struct wire_rref_id rref;  /* RREF_FETCH_REQ, RREF_DELETE */
+	struct wire_cleanup cleanup;
+	struct wire_exception exc;
+	/* tensors: descriptors + data, for xport_send */
+	uint32_t ntensors;
+	struct xport_tensor *tensors;
+	/* owned memory freed with the message */
+	void *own[4];
+};
+
+int ag_encode(void *arg, void *buf, size_t cap, const struct wire_env *env,
+	      const struct wire_tensor *tensors, uint32_t n, size_t *len);
+void ag_out_free(struct ag_out *o);
+/* Fills desc from t (validated: RDAG_EINVAL with a message naming index). */
+int ag_desc_from_tensor(struct wire_tensor *desc, const struct rdag_tensor *t, uint32_t index);
+void ag_tensor_from_rx(struct rdag_tensor *t, const struct xport_rx_tensor *rt);
+
+/*
+ * Sends o to dst: by the xport, or through the loopback when dst is this worker. done(arg,
+ * status) is called exactly once when it returns 0. Retries while the xport is out of send ops.
+ */
+int ag_send(rdag_agent_t *a, uint32_t dst, uint64_t req_id, struct ag_out *o,
+	    xport_done_fn done, void *done_arg);
+
+/* ---- incoming messages (dispatch.c) -------------------------------------------------------- */
+
+/* A received message, unwrapped. */
+struct ag_in {
+	struct ag_job job;
+	rdag_agent_t *a;
+	struct xport_rx *rx;
+	bool loop;                 /* rx came through the loopback (agent-owned) */
+	uint16_t src;
+	uint64_t req_id;
+	bool has_prof;
+	uint64_t prof_id;
+	struct wire_event_list events;
+	bool has_fwd;
+	uint8_t fwd_kind;
+	uint64_t ctx_id, msg_id;
+	uint16_t from;
+	struct wire_devmap_list devmap;
+	const struct wire_msg *inner; /* points into levels[] */
+	struct wire_msg levels[WIRE_MAX_DEPTH + 1];
+};
+
+void ag_on_recv(void *arg, struct xport_rx *rx);
+void ag_in_free(struct ag_in *in);
+/* Releases a received message (xport or loopback). */
+void ag_rx_release(rdag_agent_t *a, struct xport_rx *rx, bool loop);
+
+/* ---- the agent ----------------------------------------------------------------------------- */
+
+struct ag_reg {
+	struct ag_reg *next;
+	rdag_fn fn;
+	void *arg;
+	size_t len;
+	char name[];
+};
+
+struct ag_rref_val {
+	atomic_int refs;
+	uint64_t id;
+	uint16_t creator;
+	void *payload;
+	size_t payload_len;
+	uint32_t ntensors;
+	struct rdag_tensor *tensors; /* data owned (one block each) */
+};
+
+struct ag_prof_list {
+	size_t n, cap;
+	struct rdag_prof_event *ev; /* names owned */
+};
+
+struct rdag_agent {
+	struct boot *b;
+	struct xport *x;
+	struct ctxmgr cm;
+	uint16_t id;
+	uint32_t world;
+	int mode;
+	pthread_t progress_thr;
+	bool progress_running;
+	atomic_bool stop;
+	struct ag_pool pool;
+
+	pthread_rwlock_t reg_lock;
+	struct u64map reg;         /* hash(name) -> chain of struct ag_reg */
+
+	pthread_mutex_t pend_lock;
+	struct u64map pend;        /* req id -> struct rdag_future */
+	atomic_uint_fast64_t next_req;
+
+	pthread_mutex_t rref_lock;
+	struct u64map rrefs;       /* rref id -> struct ag_rref_val (values this worker owns) */
+	atomic_uint_fast64_t next_rref;
+
+	pthread_mutex_t prof_lock;
+	struct u64map prof;        /* prof id -> struct ag_prof_list */
+
+	atomic_int serving;        /* requests received and not yet answered */
+};
+
+uint64_t ag_hash_name(const char *s, size_t len);
+uint64_t ag_now_ns(void);
+uint64_t ag_thread_id(void);
+
+/* rpc.c */
+struct rdag_future *ag_future_new(rdag_agent_t *a, uint32_t dst, int kind);
+void ag_future_put(struct rdag_future *f);
+/* Completes f with status (0, or an error with text); takes rx (may be NULL). */
+void ag_future_complete(struct rdag_future *f, int status, const char *text, struct xport_rx *rx,
+			bool loop);
+/* Registers f under a fresh request id (f->req_id). */
+int ag_pend_add(rdag_agent_t *a, struct rdag_future *f);
+struct rdag_future *ag_pend_take(rdag_agent_t *a, uint64_t req_id);
+void ag_fail_peer(rdag_agent_t *a, uint32_t peer, int code, const char *why);
+void ag_send_done(void *arg, int status);
+/* The reply to a call arrived (in is consumed). */
+void ag_handle_reply(struct ag_in *in);
+/* Runs a received request on a handler thread (job callback). */
+void ag_serve(struct ag_job *j);
+/* Handles CLEANUP_AUTOGRAD_CONTEXT_REQ on a handler thread. */
+void ag_serve_cleanup(struct ag_job *j);
+/* Sends an EXCEPTION reply for in (consumes nothing). */
+void ag_reply_exception(struct ag_in *in, int code, const char *fmt, ...)
+	__attribute__((format(printf, 3, 4)));
+int ag_wait(rdag_agent_t *a, struct rdag_future *f, int timeout_ms);
+/* Waits for f, then hands it to *out (out non-NULL, success) or frees it, keeping its error. */
+int ag_finish_sync(rdag_agent_t *a, rdag_future_t *f, rdag_future_t **out);
+/* RREF_CALL of fn on dst, the result kept there under id. */
+int ag_start_rref_call(rdag_agent_t *a, uint32_t dst, const char *fn, const struct rdag_msg *args,
+		       const struct rdag_call_opts *opts, uint64_t id, rdag_future_t **out);
+/* CLEANUP_AUTOGRAD_CONTEXT_REQ (id = context) or RREF_FETCH_REQ (id, owner) to dst. */
+int ag_start_simple(rdag_agent_t *a, uint32_t dst, uint8_t kind, uint64_t id, uint16_t owner,
+		    rdag_future_t **out);
+/* Sends cleanups of context id to peers[] (but this worker and exclude), waits; returns failures. */
+int ag_cleanup_peers(rdag_agent_t *a, uint64_t id, const uint16_t *peers, size_t n, int exclude);
+
+/* rref.c */
+void ag_rref_free_all(rdag_agent_t *a);
+void ag_rref_put(struct ag_rref_val *v);
+struct ag_rref_val *ag_rref_get(rdag_agent_t *a, uint64_t id);
+int ag_rref_store(rdag_agent_t *a, uint64_t id, uint16_t creator, const struct rdag_msg *val);
+void ag_rref_delete(rdag_agent_t *a, uint64_t id);
+
+/* prof.c */
+void ag_prof_store(rdag_agent_t *a, uint64_t prof_id, uint16_t worker, const struct wire_event_list *l);
+void ag_prof_free_all(rdag_agent_t *a);
+/* The calling thread's profiling session while it runs a profiled request. */
+struct ag_prof_sess {
+	uint32_t n, cap;
+	struct wire_prof_event *ev;   /* names owned (char *) */
+	uint16_t worker;
+};
+void ag_prof_begin(struct ag_prof_sess *s, uint16_t worker);
+void ag_prof_end(void);
+void ag_prof_sess_free(struct ag_prof_sess *s);
+int ag_prof_add(struct ag_prof_sess *s, const char *name, uint64_t start, uint64_t end);
+
+#endif /* RDAG_AGENT_AGENT_INT_H */

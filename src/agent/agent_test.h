@@ -1,0 +1,21 @@
+/* Test hooks of the agent (tests only, reached through rdag_internal): barriers and id counters. */
+#ifndef RDAG_AGENT_AGENT_TEST_H
+#define RDAG_AGENT_AGENT_TEST_H
+
+#include <stdint.h>
+
+#include <rdag/agent.h>
+
+/*
+ * Bootstrap barrier among every worker of a's job (collective; one caller at a time per agent).
+ * Returns 0 or the bootstrap's error.
+ */
+int agent_test_barrier(rdag_agent_t *a);
+
+/*
+ * Sets the low 48 bits of the next context id and of the next autograd message id this worker
+ * hands out (to test exhaustion: 0xffffffffffff is the last valid one).
+ */
+void agent_test_set_id_counters(rdag_agent_t *a, uint64_t next_ctx_low, uint64_t next_msg_low);
+
+#endif /* RDAG_AGENT_AGENT_TEST_H */
