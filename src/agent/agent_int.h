@@ -248,8 +248,11 @@ struct ag_prof_sess {
 	struct wire_prof_event *ev;   /* names owned (char *) */
 	uint16_t worker;
 };
-void ag_prof_begin(struct ag_prof_sess *s, uint16_t worker);
-void ag_prof_end(void);
+/*
+ * Makes s (NULL: none) the calling thread's session and returns the previous one, to be put back
+ * afterwards (a handler waiting for a nested call may run another request meanwhile).
+ */
+struct ag_prof_sess *ag_prof_swap(struct ag_prof_sess *s);
 void ag_prof_sess_free(struct ag_prof_sess *s);
 int ag_prof_add(struct ag_prof_sess *s, const char *name, uint64_t start, uint64_t end);
 

@@ -7,16 +7,12 @@
 
 static _Thread_local struct ag_prof_sess *sess;
 
-void ag_prof_begin(struct ag_prof_sess *s, uint16_t worker)
+struct ag_prof_sess *ag_prof_swap(struct ag_prof_sess *s)
 {
-	memset(s, 0, sizeof(*s));
-	s->worker = worker;
-	sess = s;
-}
+	struct ag_prof_sess *prev = sess;
 
-void ag_prof_end(void)
-{
-	sess = NULL;
+	sess = s;
+	return prev;
 }
 
 void ag_prof_sess_free(struct ag_prof_sess *s)

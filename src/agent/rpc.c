@@ -965,7 +965,8 @@ void ag_serve(struct ag_job *j)
 	struct rdag_tensor *ts = NULL;
 	struct rdag_reply *r = calloc(1, sizeof(*r));
 	struct ag_rref_val *val = NULL;
-	struct ag_prof_sess sess;
+	struct ag_prof_sess sess, *prev_sess = NULL;
+	bool swapped = false;
 	struct ag_out *o = NULL;
 	struct ctx *c = NULL;
 	const struct rdag_tensor *rt = NULL;
@@ -993,8 +994,9 @@ void ag_serve(struct ag_job *j)
 		if (rc)
 			goto fail;
 	}
-	if (in->has_prof)
-		ag_prof_begin(&sess, a->id);
+	/* Always swapped: a request served while another one waits must not see its session. */
+	prev_sess = ag_prof_swap(in->has_prof ? &sess : NULL);
+	swapped = true;
 	if (m->kind == WIRE_RREF_FETCH_REQ) {
 		val = ag_rref_get(a, m->u.rref.local_id);
 		if (!val) {
@@ -1093,8 +1095,8 @@ void ag_serve(struct ag_job *j)
 		o->nevents = sess.n;
 		sess.ev = NULL;
 		sess.n = 0;
-		ag_prof_end();
 	}
+	ag_prof_swap(prev_sess);
 	ctx_put(c);
 	free(ts);
 	send_reply(in, true, o, r, val, true);
@@ -1102,8 +1104,8 @@ void ag_serve(struct ag_job *j)
 fail:
 	snprintf(text, sizeof(text), "%s", rdag_last_error()[0] ? rdag_last_error() : rdag_strerror(rc));
 fail_text:
-	if (in->has_prof)
-		ag_prof_end();
+	if (swapped)
+		ag_prof_swap(prev_sess);
 	ag_prof_sess_free(&sess);
 	ag_out_free(o);
 	ag_rref_put(val);
