@@ -9,5 +9,6 @@
 #include <rdag/agent.h>
 #include <rdag/context.h>
 #include <rdag/rpc.h>
+#include <rdag/graph.h>
 
 #endif /* RDAG_RDAG_H */

@@ -1,0 +1,84 @@
+/* rdag_graph: the reference local autograd engine (nodes with backward callbacks, dependency counts, a ready queue). */
+#ifndef RDAG_GRAPH_H
+#define RDAG_GRAPH_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <rdag/export.h>
+#include <rdag/tensor.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * A framework brings its own autograd graph; rdag_graph is the small one rdag ships for C users,
+ * the tests and the examples. A node stands for one forward operation: it knows the tensors it
+ * consumed (their grad_kind and grad_fn are its next edges) and the shapes of its outputs. Its
+ * backward callback turns the gradients of its outputs into gradients of its inputs.
+ *
+ * rdag_graph_run() runs backward from a set of (edge, gradient) roots: dependency counting over
+ * the nodes reachable from the roots, a ready queue, each node run once all the gradients of its
+ * outputs are in (outputs that got none are zeros). Gradients reaching a leaf or an rdag recv
+ * function are handed to the sink. Supported dtypes for accumulation: f32, f64, i32, i64.
+ *
+ * Threads: a graph may be built and run from several threads (one mutex per graph); callbacks
+ * run on the thread inside rdag_graph_run(), without the graph's lock.
+ */
+
+typedef struct rdag_graph rdag_graph_t;
+
+/*
+ * A node's backward: grad_out[0..n_out) are the gradients of its outputs (never NULL data for a
+ * non-empty tensor: zeros when an output got none), grad_in[0..n_in) are zeroed buffers shaped
+ * like its inputs, to be filled (entries of inputs that do not require grad have data NULL).
+ * Returns 0 or a negative code (the pass fails with it).
+ */
+typedef int (*rdag_node_fn)(void *arg, const struct rdag_tensor *grad_out, uint32_t n_out,
+			    struct rdag_tensor *grad_in, uint32_t n_in);
+
+RDAG_API int rdag_graph_create(rdag_graph_t **out);
+/* Frees every node (and what their arguments need is the caller's). NULL is a no-op. */
+RDAG_API void rdag_graph_destroy(rdag_graph_t *g);
+
+/*
+ * Adds a node for an operation that consumed inputs[0..n_in) and produced n_out outputs shaped
+ * like outputs[0..n_out) (only dtype, ndim and shape are read). *node is the handle to put in
+ * the outputs' grad_fn (grad_kind RDAG_GRAD_NODE, input_nr = the output's index). Thread-safe.
+ */
+RDAG_API int rdag_graph_node(rdag_graph_t *g, rdag_node_fn fn, void *arg,
+			     const struct rdag_tensor *inputs, uint32_t n_in,
+			     const struct rdag_tensor *outputs, uint32_t n_out, void **node);
+
+/* A root of a backward pass: the gradient flowing into one edge. */
+struct rdag_edge_grad {
+	uint8_t grad_kind;            /* enum rdag_grad_kind (NONE roots are ignored) */
+	struct rdag_edge edge;
+	struct rdag_tensor grad;      /* read during the call only */
+};
+
+/* Where gradients leave the local graph. The tensors are valid during the call only. */
+struct rdag_grad_sink {
+	int (*leaf)(void *arg, void *var, const struct rdag_tensor *grad);
+	int (*recv)(void *arg, void *recv_fn, uint32_t input_nr, const struct rdag_tensor *grad);
+	void *arg;
+};
+
+/*
+ * Runs backward from roots[0..n). retain_graph false frees the nodes it ran (a later pass through
+ * them fails with RDAG_EINVAL, "the graph was freed: run backward with retain_graph to run it
+ * twice"). Returns 0, a node's or a sink's error, RDAG_ENOSYS for a dtype it cannot add, or
+ * RDAG_EINVAL for a gradient whose shape does not match. Thread-safe.
+ */
+RDAG_API int rdag_graph_run(rdag_graph_t *g, const struct rdag_edge_grad *roots, uint32_t n,
+			    bool retain_graph, const struct rdag_grad_sink *sink);
+
+/* dst += src elementwise (same dtype and element count); RDAG_ENOSYS for other dtypes. Thread-safe. */
+RDAG_API int rdag_tensor_add(struct rdag_tensor *dst, const struct rdag_tensor *src);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RDAG_GRAPH_H */

@@ -1,0 +1,233 @@
+/* Unit tests of rdag_graph, the reference engine: chains, diamonds, multiple roots, retain_graph, sinks. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include <rdag/rdag.h>
+
+#define N 4
+
+/* out = k * in (f64), so d in = k * d out */
+static int scale_bw(void *arg, const struct rdag_tensor *go, uint32_t n_out, struct rdag_tensor *gi,
+		    uint32_t n_in)
+{
+	double k = *(const double *)arg;
+	const double *g = go[0].data;
+	double *d = gi[0].data;
+
+	assert_int_equal(n_out, 1);
+	assert_int_equal(n_in, 1);
+	for (int i = 0; i < N; i++)
+		d[i] = k * g[i];
+	return 0;
+}
+
+/* out = a + b: both get the output's gradient */
+static int add_bw(void *arg, const struct rdag_tensor *go, uint32_t n_out, struct rdag_tensor *gi,
+		  uint32_t n_in)
+{
+	(void)arg;
+	(void)n_out;
+	for (uint32_t j = 0; j < n_in; j++)
+		if (gi[j].data)
+			memcpy(gi[j].data, go[0].data, N * sizeof(double));
+	return 0;
+}
+
+static int fail_bw(void *arg, const struct rdag_tensor *go, uint32_t n_out, struct rdag_tensor *gi,
+		   uint32_t n_in)
+{
+	(void)arg, (void)go, (void)n_out, (void)gi, (void)n_in;
+	return RDAG_EIO;
+}
+
+struct sink_state {
+	double leaf[2][N];
+	void *keys[2];
+	int leaf_calls, recv_calls;
+	uint32_t recv_nr;
+	double recv[N];
+};
+
+static int on_leaf(void *arg, void *var, const struct rdag_tensor *g)
+{
+	struct sink_state *s = arg;
+
+	for (int k = 0; k < 2; k++) {
+		if (s->keys[k] == var) {
+			for (int i = 0; i < N; i++)
+				s->leaf[k][i] += ((const double *)g->data)[i];
+			s->leaf_calls++;
+			return 0;
+		}
+	}
+	return RDAG_ENOENT;
+}
+
+static int on_recv(void *arg, void *fn, uint32_t nr, const struct rdag_tensor *g)
+{
+	struct sink_state *s = arg;
+
+	(void)fn;
+	s->recv_nr = nr;
+	memcpy(s->recv, g->data, sizeof(s->recv));
+	s->recv_calls++;
+	return 0;
+}
+
+static void vec(struct rdag_tensor *t, double *data, bool rg)
+{
+	int64_t shape[1] = {N};
+
+	rdag_tensor_init(t, data, RDAG_F64, 1, shape);
+	t->requires_grad = rg;
+}
+
+static void out_of(struct rdag_tensor *t, double *data, void *node, uint32_t nr)
+{
+	vec(t, data, true);
+	t->grad_kind = RDAG_GRAD_NODE;
+	t->grad_fn.node = node;
+	t->grad_fn.input_nr = nr;
+}
+
+/* x -> y1 = 2x, y2 = 3x -> z = y1 + y2; dz/dx = 5, through a diamond (x's node feeds two). */
+static void diamond_counts_dependencies(void **state)
+{
+	rdag_graph_t *g;
+	double xd[N] = {1, 2, 3, 4}, buf[N], ones[N] = {1, 1, 1, 1}, two = 2, three = 3, one = 1;
+	struct rdag_tensor x, xc, y1, y2, in2[2], z;
+	struct sink_state s;
+	void *nid, *n1, *n2, *nz;
+	struct rdag_edge_grad root;
+	struct rdag_grad_sink sink = {on_leaf, on_recv, &s};
+
+	(void)state;
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(rdag_graph_create(&g), 0);
+	vec(&x, xd, true);                  /* leaf, keyed by its data pointer */
+	s.keys[0] = xd;
+	assert_int_equal(rdag_graph_node(g, scale_bw, &one, &x, 1, &x, 1, &nid), 0);
+	out_of(&xc, buf, nid, 0);           /* an identity in front, so both branches share a node */
+	assert_int_equal(rdag_graph_node(g, scale_bw, &two, &xc, 1, &xc, 1, &n1), 0);
+	assert_int_equal(rdag_graph_node(g, scale_bw, &three, &xc, 1, &xc, 1, &n2), 0);
+	out_of(&y1, buf, n1, 0);
+	out_of(&y2, buf, n2, 0);
+	in2[0] = y1;
+	in2[1] = y2;
+	assert_int_equal(rdag_graph_node(g, add_bw, NULL, in2, 2, &y1, 1, &nz), 0);
+	out_of(&z, buf, nz, 0);
+	memset(&root, 0, sizeof(root));
+	root.grad_kind = RDAG_GRAD_NODE;
+	root.edge = z.grad_fn;
+	vec(&root.grad, ones, false);
+	assert_int_equal(rdag_graph_run(g, &root, 1, true, &sink), 0);
+	assert_int_equal(s.leaf_calls, 1); /* the identity node ran once, after both branches */
+	for (int i = 0; i < N; i++)
+		assert_true(s.leaf[0][i] == 5.0);
+	/* retained: a second pass accumulates */
+	assert_int_equal(rdag_graph_run(g, &root, 1, false, &sink), 0);
+	for (int i = 0; i < N; i++)
+		assert_true(s.leaf[0][i] == 10.0);
+	/* freed now */
+	assert_int_equal(rdag_graph_run(g, &root, 1, false, &sink), RDAG_EINVAL);
+	assert_non_null(strstr(rdag_last_error(), "retain_graph"));
+	rdag_graph_destroy(g);
+}
+
+/* Two roots, a leaf root, a recv-function edge, inputs that need no gradient, and errors. */
+static void roots_sinks_and_errors(void **state)
+{
+	rdag_graph_t *g;
+	double ad[N] = {0}, bd[N] = {0}, buf[N], g1[N] = {1, 1, 1, 1}, g2[N] = {1, 2, 3, 4}, k = 4;
+	struct rdag_tensor a, b, c, in3[3], o;
+	struct sink_state s;
+	void *nadd, *nscale, *nfail;
+	struct rdag_edge_grad roots[3];
+	struct rdag_grad_sink sink = {on_leaf, on_recv, &s};
+	static int fake_recv_fn;
+
+	(void)state;
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(rdag_graph_create(&g), 0);
+	vec(&a, ad, true);
+	s.keys[0] = ad;
+	vec(&b, bd, false);                /* constant: no edge */
+	vec(&c, buf, true);                /* arrived by RPC: its gradient goes to the recv function */
+	c.grad_kind = RDAG_GRAD_RECV;
+	c.grad_fn.node = &fake_recv_fn;
+	c.grad_fn.input_nr = 3;
+	in3[0] = a;
+	in3[1] = b;
+	in3[2] = c;
+	assert_int_equal(rdag_graph_node(g, add_bw, NULL, in3, 3, &a, 1, &nadd), 0);
+	out_of(&o, buf, nadd, 0);
+	assert_int_equal(rdag_graph_node(g, scale_bw, &k, &o, 1, &o, 1, &nscale), 0);
+	memset(roots, 0, sizeof(roots));
+	roots[0].grad_kind = RDAG_GRAD_NODE;   /* d(scale output) = 1 */
+	roots[0].edge.node = nscale;
+	vec(&roots[0].grad, g1, false);
+	roots[1].grad_kind = RDAG_GRAD_NODE;   /* plus d(add output) = g2 directly */
+	roots[1].edge.node = nadd;
+	vec(&roots[1].grad, g2, false);
+	roots[2].grad_kind = RDAG_GRAD_LEAF;   /* plus a gradient straight into the leaf */
+	roots[2].edge.node = ad;
+	vec(&roots[2].grad, g1, false);
+	assert_int_equal(rdag_graph_run(g, roots, 3, true, &sink), 0);
+	for (int i = 0; i < N; i++) {
+		assert_true(s.leaf[0][i] == 4.0 + g2[i] + 1.0);
+		assert_true(s.recv[i] == 4.0 + g2[i]);
+	}
+	assert_int_equal(s.recv_calls, 1);
+	assert_int_equal(s.recv_nr, 3);
+	/* a node's error ends the pass with it */
+	assert_int_equal(rdag_graph_node(g, fail_bw, NULL, &o, 1, &o, 1, &nfail), 0);
+	roots[0].edge.node = nfail;
+	assert_int_equal(rdag_graph_run(g, roots, 1, true, &sink), RDAG_EIO);
+	/* a gradient of the wrong size is refused */
+	roots[0].edge.node = nscale;
+	roots[0].grad.shape[0] = 3;
+	assert_int_equal(rdag_graph_run(g, roots, 1, true, &sink), RDAG_EINVAL);
+	/* something that is not a node */
+	roots[0].grad.shape[0] = N;
+	roots[0].edge.node = &fake_recv_fn;
+	assert_int_equal(rdag_graph_run(g, roots, 1, true, &sink), RDAG_EINVAL);
+	rdag_graph_destroy(g);
+}
+
+static void tensor_add_dtypes(void **state)
+{
+	float f[2] = {1, 2}, f2[2] = {3, 4};
+	int64_t l[2] = {5, 6}, l2[2] = {7, 8}, shape[1] = {2};
+	uint8_t u[2] = {1, 2};
+	struct rdag_tensor a, b;
+
+	(void)state;
+	rdag_tensor_init(&a, f, RDAG_F32, 1, shape);
+	rdag_tensor_init(&b, f2, RDAG_F32, 1, shape);
+	assert_int_equal(rdag_tensor_add(&a, &b), 0);
+	assert_true(f[0] == 4 && f[1] == 6);
+	rdag_tensor_init(&a, l, RDAG_I64, 1, shape);
+	rdag_tensor_init(&b, l2, RDAG_I64, 1, shape);
+	assert_int_equal(rdag_tensor_add(&a, &b), 0);
+	assert_true(l[0] == 12 && l[1] == 14);
+	assert_int_equal(rdag_tensor_add(&a, &(struct rdag_tensor){.dtype = RDAG_F32, .ndim = 1,
+								   .shape = {2}, .data = f}), RDAG_EINVAL);
+	rdag_tensor_init(&a, u, RDAG_U8, 1, shape);
+	assert_int_equal(rdag_tensor_add(&a, &a), RDAG_ENOSYS);
+}
+
+int main(void)
+{
+	const struct CMUnitTest tests[] = {
+		cmocka_unit_test(diamond_counts_dependencies),
+		cmocka_unit_test(roots_sinks_and_errors),
+		cmocka_unit_test(tensor_add_dtypes),
+	};
+
+	return cmocka_run_group_tests(tests, NULL, NULL);
+}
