@@ -310,6 +310,7 @@ static void meta_from_tensor(struct ctx_tmeta *m, const struct rdag_tensor *t)
 	m->ndim = t->ndim <= WIRE_MAX_RANK ? t->ndim : WIRE_MAX_RANK;
 	m->dev_type = t->device_type;
 	m->dev_index = t->device_index;
+	m->rg = t->requires_grad;
 	memcpy(m->shape, t->shape, m->ndim * sizeof(m->shape[0]));
 }
 
@@ -405,7 +406,7 @@ uint64_t rdag_recv_fn_msg_id(const void *recv_fn)
 }
 
 /* Converts n tensors into o's xport tensors. */
-static int out_tensors(struct ag_out *o, const struct rdag_tensor *t, uint32_t n)
+int ag_out_tensors(struct ag_out *o, const struct rdag_tensor *t, uint32_t n)
 {
 	if (n > WIRE_MAX_TENSORS)
 		return err_set(RDAG_EINVAL, "%u tensors in one message (limit %u)", n, WIRE_MAX_TENSORS);
@@ -433,7 +434,7 @@ static int out_tensors(struct ag_out *o, const struct rdag_tensor *t, uint32_t n
  * Sends o (innermost message filled in) to dst as a call of kind, wrapping it for autograd
  * (getMessageWithAutograd) and profiling as the options and the thread's context say. Takes o.
  */
-static int start_call(rdag_agent_t *a, uint32_t dst, struct ag_out *o, const struct rdag_tensor *t,
+int ag_start_call(rdag_agent_t *a, uint32_t dst, struct ag_out *o, const struct rdag_tensor *t,
 		      uint32_t n, const struct rdag_call_opts *opts, int kind, rdag_future_t **out)
 {
 	struct rdag_future *f = NULL;
@@ -450,7 +451,7 @@ static int start_call(rdag_agent_t *a, uint32_t dst, struct ag_out *o, const str
 			     xport_peer_name(a->x, dst));
 		goto fail;
 	}
-	rc = out_tensors(o, t, n);
+	rc = ag_out_tensors(o, t, n);
 	if (rc)
 		goto fail;
 	f = ag_future_new(a, dst, kind);
@@ -458,7 +459,8 @@ static int start_call(rdag_agent_t *a, uint32_t dst, struct ag_out *o, const str
 		rc = err_set(RDAG_ENOMEM, "out of memory for a call");
 		goto fail;
 	}
-	if (kind != AGC_CLEANUP && ctxmgr_current(&a->cm, &cid) == 0) {
+	if ((kind == AGC_CALL || kind == AGC_RREF_CALL || kind == AGC_FETCH) &&
+	    ctxmgr_current(&a->cm, &cid) == 0) {
 		bool rg = false, force = kind != AGC_CALL || !opts || !(opts->flags & RDAG_CALL_PLAIN);
 		struct ctx *c;
 
@@ -572,7 +574,7 @@ int rdag_rpc_async(rdag_agent_t *a, uint32_t dst, const char *fn, const struct r
 	o = new_call(fn, args, WIRE_RPC_CALL, &rc);
 	if (!o)
 		return rc;
-	return start_call(a, dst, o, args ? args->tensors : NULL, args ? args->ntensors : 0, opts,
+	return ag_start_call(a, dst, o, args ? args->tensors : NULL, args ? args->ntensors : 0, opts,
 			  AGC_CALL, out);
 }
 
@@ -619,7 +621,7 @@ int ag_start_rref_call(rdag_agent_t *a, uint32_t dst, const char *fn, const stru
 		return rc;
 	o->call.rref.owner = (uint16_t)dst;
 	o->call.rref.local_id = id;
-	return start_call(a, dst, o, args ? args->tensors : NULL, args ? args->ntensors : 0, opts,
+	return ag_start_call(a, dst, o, args ? args->tensors : NULL, args ? args->ntensors : 0, opts,
 			  AGC_RREF_CALL, out);
 }
 
@@ -633,11 +635,11 @@ int ag_start_simple(rdag_agent_t *a, uint32_t dst, uint8_t kind, uint64_t id, ui
 	o->kind = kind;
 	if (kind == WIRE_CLEANUP_AUTOGRAD_CONTEXT_REQ) {
 		o->cleanup.ctx_id = id;
-		return start_call(a, dst, o, NULL, 0, NULL, AGC_CLEANUP, out);
+		return ag_start_call(a, dst, o, NULL, 0, NULL, AGC_CLEANUP, out);
 	}
 	o->rref.owner = owner;
 	o->rref.local_id = id;
-	return start_call(a, dst, o, NULL, 0, NULL, AGC_FETCH, out);
+	return ag_start_call(a, dst, o, NULL, 0, NULL, AGC_FETCH, out);
 }
 
 /* ---- replies arriving ---------------------------------------------------------------------- */
@@ -652,6 +654,10 @@ static uint8_t expected_reply(int kind)
 		return WIRE_RREF_FETCH_RESP;
 	case AGC_CLEANUP:
 		return WIRE_CLEANUP_AUTOGRAD_CONTEXT_RESP;
+	case AGC_BACKWARD:
+		return WIRE_BACKWARD_AUTOGRAD_RESP;
+	case AGC_RREF_BACKWARD:
+		return WIRE_RREF_BACKWARD_RESP;
 	default:
 		return 0;
 	}
@@ -739,7 +745,7 @@ struct rdag_reply {
 	char *err_text;
 };
 
-static void reply_free(struct rdag_reply *r)
+void ag_reply_free(struct rdag_reply *r)
 {
 	if (!r)
 		return;
@@ -862,7 +868,7 @@ static void resp_done(void *arg, int status)
 		LOG_WARN("agent: reply to worker %u failed: %s (%s)", s->in ? s->in->src : 0,
 			 rdag_strerror(status), rdag_last_error());
 	ag_out_free(s->o);
-	reply_free(s->r);
+	ag_reply_free(s->r);
 	ag_rref_put(s->val);
 	if (s->counted)
 		atomic_fetch_sub(&s->a->serving, 1);
@@ -871,7 +877,7 @@ static void resp_done(void *arg, int status)
 }
 
 /* Sends o as the reply to in; takes o, r, val, and in when own_in. */
-static void send_reply(struct ag_in *in, bool own_in, struct ag_out *o, struct rdag_reply *r,
+void ag_send_reply(struct ag_in *in, bool own_in, struct ag_out *o, struct rdag_reply *r,
 		       struct ag_rref_val *val, bool counted)
 {
 	struct ag_resp *s = calloc(1, sizeof(*s));
@@ -883,7 +889,7 @@ static void send_reply(struct ag_in *in, bool own_in, struct ag_out *o, struct r
 	if (!s) {
 		LOG_ERROR("agent: out of memory replying to worker %u", src);
 		ag_out_free(o);
-		reply_free(r);
+		ag_reply_free(r);
 		ag_rref_put(val);
 		if (counted)
 			atomic_fetch_sub(&a->serving, 1);
@@ -898,11 +904,30 @@ static void send_reply(struct ag_in *in, bool own_in, struct ag_out *o, struct r
 	s->in = own_in ? in : NULL;
 	s->counted = counted;
 	rc = ag_send(a, src, req, o, resp_done, s);
+	if (rc && o->kind != WIRE_EXCEPTION) {
+		/* The caller waits for an answer: tell it why the reply cannot come (too large, ...). */
+		char text[600];
+		struct ag_out *e;
+		struct ag_resp *es;
+
+		snprintf(text, sizeof(text), "worker %u could not send its %s: %s (%s)", a->id,
+			 wire_kind_name(o->kind), rdag_strerror(rc), rdag_last_error());
+		e = ag_exception_out(a, rc, text);
+		es = e ? calloc(1, sizeof(*es)) : NULL;
+		if (es) {
+			es->a = a;
+			es->o = e;
+			if (ag_send(a, src, req, e, resp_done, es))
+				resp_done(es, rc);
+		} else {
+			ag_out_free(e);
+		}
+	}
 	if (rc)
 		resp_done(s, rc);
 }
 
-static struct ag_out *exception_out(rdag_agent_t *a, int code, const char *text)
+struct ag_out *ag_exception_out(rdag_agent_t *a, int code, const char *text)
 {
 	struct ag_out *o = calloc(1, sizeof(*o));
 	size_t len = strlen(text);
@@ -916,10 +941,22 @@ static struct ag_out *exception_out(rdag_agent_t *a, int code, const char *text)
 		free(o);
 		return NULL;
 	}
-	memcpy(o->own[0], text, len);
 	o->kind = WIRE_EXCEPTION;
 	o->exc.code = code < 0 ? code : RDAG_EREMOTE;
 	o->exc.origin = a->id;
+	{
+		/* An error that came from another worker keeps its origin through a chain of calls. */
+		unsigned origin;
+		int skip = 0;
+
+		if (sscanf(text, "Error on Node %u: %n", &origin, &skip) == 1 && skip > 0 &&
+		    origin < 65536) {
+			o->exc.origin = (uint16_t)origin;
+			text += skip;
+			len -= (size_t)skip;
+		}
+	}
+	memcpy(o->own[0], text, len);
 	o->exc.text.ptr = o->own[0];
 	o->exc.text.len = (uint32_t)len;
 	return o;
@@ -934,26 +971,26 @@ void ag_reply_exception(struct ag_in *in, int code, const char *fmt, ...)
 	va_start(ap, fmt);
 	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
-	o = exception_out(in->a, code, text);
+	o = ag_exception_out(in->a, code, text);
 	if (!o) {
 		LOG_ERROR("agent: out of memory replying to worker %u", in->src);
 		return;
 	}
-	send_reply(in, false, o, NULL, NULL, false);
+	ag_send_reply(in, false, o, NULL, NULL, false);
 }
 
 static void serve_fail(struct ag_in *in, struct rdag_reply *r, int code, const char *text)
 {
-	struct ag_out *o = exception_out(in->a, code, text);
+	struct ag_out *o = ag_exception_out(in->a, code, text);
 
 	if (!o) {
 		LOG_ERROR("agent: out of memory replying to worker %u", in->src);
-		reply_free(r);
+		ag_reply_free(r);
 		atomic_fetch_sub(&in->a->serving, 1);
 		ag_in_free(in);
 		return;
 	}
-	send_reply(in, true, o, r, NULL, true);
+	ag_send_reply(in, true, o, r, NULL, true);
 }
 
 void ag_serve(struct ag_job *j)
@@ -1069,7 +1106,7 @@ void ag_serve(struct ag_job *j)
 		o->payload.ptr = r->payload;
 		o->payload.len = (uint32_t)r->payload_len;
 	}
-	rc = out_tensors(o, rt, rn);
+	rc = ag_out_tensors(o, rt, rn);
 	if (rc)
 		goto fail;
 	if (in->has_fwd) {
@@ -1099,7 +1136,7 @@ void ag_serve(struct ag_job *j)
 	ag_prof_swap(prev_sess);
 	ctx_put(c);
 	free(ts);
-	send_reply(in, true, o, r, val, true);
+	ag_send_reply(in, true, o, r, val, true);
 	return;
 fail:
 	snprintf(text, sizeof(text), "%s", rdag_last_error()[0] ? rdag_last_error() : rdag_strerror(rc));
@@ -1198,5 +1235,5 @@ void ag_serve_cleanup(struct ag_job *j)
 		return;
 	}
 	o->kind = WIRE_CLEANUP_AUTOGRAD_CONTEXT_RESP;
-	send_reply(in, true, o, NULL, NULL, true);
+	ag_send_reply(in, true, o, NULL, NULL, true);
 }
