@@ -66,7 +66,7 @@ struct rdag_grad_sink {
 };
 
 /*
- * Runs backward from roots[0..n). retain_graph false frees the nodes it ran (a later pass through
+ * Runs backward from roots[0..n) (g may be NULL: nodes of any graph may be reached). retain_graph false frees the nodes it ran (a later pass through
  * them fails with RDAG_EINVAL, "the graph was freed: run backward with retain_graph to run it
  * twice"). Returns 0, a node's or a sink's error, RDAG_ENOSYS for a dtype it cannot add, or
  * RDAG_EINVAL for a gradient whose shape does not match. Thread-safe.

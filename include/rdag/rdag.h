@@ -10,5 +10,6 @@
 #include <rdag/context.h>
 #include <rdag/rpc.h>
 #include <rdag/graph.h>
+#include <rdag/backward.h>
 
 #endif /* RDAG_RDAG_H */

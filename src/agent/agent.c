@@ -221,6 +221,7 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	a->world = boot_world(a->b);
 	log_set_rank(a->id);
 	ctxmgr_init(&a->cm, a->id);
+	rdag_agent_set_engine(a, NULL);
 
 	fab_opts_from_env(&fo);
 	xport_opts_init(&xo);

@@ -48,7 +48,9 @@ void pool_kick(struct ag_pool *p);
 
 /* ---- futures (rpc.c) ----------------------------------------------------------------------- */
 
-enum ag_call_kind { AGC_CALL = 1, AGC_RREF_CALL, AGC_FETCH, AGC_CLEANUP, AGC_DELETE };
+enum ag_call_kind {
+	AGC_CALL = 1, AGC_RREF_CALL, AGC_FETCH, AGC_CLEANUP, AGC_DELETE, AGC_BACKWARD, AGC_RREF_BACKWARD
+};
 
 struct rdag_future {
 	rdag_agent_t *a;
@@ -94,6 +96,8 @@ struct ag_out {
 	struct wire_rref_id rref;  /* RREF_FETCH_REQ, RREF_DELETE */
 	struct wire_cleanup cleanup;
 	struct wire_exception exc;
+	struct wire_grad_req grad;    /* BACKWARD_AUTOGRAD_REQ */
+	struct wire_rref_backward rref_bwd;
 	/* tensors: descriptors + data, for xport_send */
 	uint32_t ntensors;
 	struct xport_tensor *tensors;
@@ -194,6 +198,7 @@ struct rdag_agent {
 	struct u64map prof;        /* prof id -> struct ag_prof_list */
 
 	atomic_int serving;        /* requests received and not yet answered */
+	struct rdag_engine engine; /* the local autograd engine */
 };
 
 uint64_t ag_hash_name(const char *s, size_t len);
@@ -231,6 +236,26 @@ int ag_start_simple(rdag_agent_t *a, uint32_t dst, uint8_t kind, uint64_t id, ui
 		    rdag_future_t **out);
 /* Sends cleanups of context id to peers[] (but this worker and exclude), waits; returns failures. */
 int ag_cleanup_peers(rdag_agent_t *a, uint64_t id, const uint16_t *peers, size_t n, int exclude);
+
+/*
+ * Sends o (innermost message filled in) to dst as a call of kind: wrapped for autograd
+ * (getMessageWithAutograd) for calls, fetches and RRef calls made in a context, and for
+ * profiling as opts says. Takes o; t[0..n) are its tensors. Thread-safe.
+ */
+int ag_start_call(rdag_agent_t *a, uint32_t dst, struct ag_out *o, const struct rdag_tensor *t,
+		  uint32_t n, const struct rdag_call_opts *opts, int kind, rdag_future_t **out);
+int ag_out_tensors(struct ag_out *o, const struct rdag_tensor *t, uint32_t n);
+/* An EXCEPTION message (origin: this worker, or the one named by a leading "Error on Node <id>: "). */
+struct ag_out *ag_exception_out(rdag_agent_t *a, int code, const char *text);
+struct rdag_reply;
+void ag_reply_free(struct rdag_reply *r);
+/* Sends o as the reply to in; takes o, r, val, and in when own_in; counted: in->a->serving drops. */
+void ag_send_reply(struct ag_in *in, bool own_in, struct ag_out *o, struct rdag_reply *r,
+		   struct ag_rref_val *val, bool counted);
+
+/* backward.c */
+void ag_serve_backward(struct ag_job *j);
+void ag_serve_rref_backward(struct ag_job *j);
 
 /* rref.c */
 void ag_rref_free_all(rdag_agent_t *a);

@@ -119,11 +119,15 @@ void ag_on_recv(void *arg, struct xport_rx *rx)
 		pool_push(&a->pool, &in->job);
 		return;
 	case WIRE_BACKWARD_AUTOGRAD_REQ:
+		/* A gradient request: its message and all its tensors have landed; run it off the progress loop. */
+		atomic_fetch_add(&a->serving, 1);
+		in->job.run = ag_serve_backward;
+		pool_push(&a->pool, &in->job);
+		return;
 	case WIRE_RREF_BACKWARD_REQ:
-		ag_reply_exception(in, RDAG_ENOSYS, "worker %u: distributed backward (%s) is not "
-				   "available in this version of rdag", a->id,
-				   wire_kind_name(in->inner->kind));
-		ag_in_free(in);
+		atomic_fetch_add(&a->serving, 1);
+		in->job.run = ag_serve_rref_backward;
+		pool_push(&a->pool, &in->job);
 		return;
 	default:
 		atomic_fetch_add(&a->serving, 1);

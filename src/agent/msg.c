@@ -30,6 +30,14 @@ static int encode_inner(const struct ag_out *o, void *buf, size_t cap, const str
 		return wire_encode_cleanup_resp(buf, cap, env, len);
 	case WIRE_EXCEPTION:
 		return wire_encode_exception(buf, cap, env, &o->exc, len);
+	case WIRE_BACKWARD_AUTOGRAD_REQ:
+		return wire_encode_grad_req(buf, cap, env, &o->grad, t, n, len);
+	case WIRE_BACKWARD_AUTOGRAD_RESP:
+		return wire_encode_grad_resp(buf, cap, env, len);
+	case WIRE_RREF_BACKWARD_REQ:
+		return wire_encode_rref_bwd_req(buf, cap, env, &o->rref_bwd, len);
+	case WIRE_RREF_BACKWARD_RESP:
+		return wire_encode_rref_bwd_resp(buf, cap, env, len);
 	default:
 		return err_set(RDAG_EINVAL, "agent: cannot encode message kind %u", o->kind);
 	}

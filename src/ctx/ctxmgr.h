@@ -28,6 +28,7 @@
 /* Shape and placement of one tensor of a send or recv function (what backward needs for zeros). */
 struct ctx_tmeta {
 	uint8_t dtype, ndim, dev_type;
+	bool rg;                   /* the tensor required grad */
 	uint16_t dev_index;
 	int64_t shape[WIRE_MAX_RANK];
 };

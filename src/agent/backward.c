@@ -1,0 +1,492 @@
+/* Distributed backward: local passes through the engine, gradients out of recv functions, requests served. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/agent_int.h"
+#include "util/err.h"
+#include "util/log.h"
+
+/* The gradients a local pass collects for one recv function (to send to the worker it names). */
+struct rgrads {
+	struct ctx_recvfn *fn;
+	struct rdag_tensor *g;        /* fn->ntensors; data NULL where none arrived */
+};
+
+/* One local pass of a context on this worker, and what leaves it. */
+struct pass {
+	rdag_agent_t *a;
+	struct ctx *c;
+	bool retain;
+	pthread_mutex_t lock;
+	struct u64map recv;           /* (uintptr_t)recv fn -> struct rgrads */
+};
+
+static size_t numel(const struct rdag_tensor *t)
+{
+	size_t n = 1;
+
+	for (unsigned i = 0; i < t->ndim; i++)
+		n *= t->shape[i] > 0 ? (size_t)t->shape[i] : 0;
+	return n;
+}
+
+/* *dst += src, allocating dst (shaped like src) the first time. */
+static int acc(struct rdag_tensor *dst, const struct rdag_tensor *src)
+{
+	size_t nb = rdag_tensor_nbytes(src);
+
+	if (!dst->data) {
+		*dst = *src;
+		dst->requires_grad = false;
+		dst->grad_kind = RDAG_GRAD_NONE;
+		memset(&dst->grad_fn, 0, sizeof(dst->grad_fn));
+		dst->data = malloc(nb ? nb : 1);
+		if (!dst->data)
+			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
+		if (nb)
+			memcpy(dst->data, src->data, nb);
+		return 0;
+	}
+	return rdag_tensor_add(dst, src);
+}
+
+/* Sink: a leaf's gradient accumulates in the context (variable -> gradient). */
+static int sink_leaf(void *arg, void *var, const struct rdag_tensor *grad)
+{
+	struct pass *p = arg;
+	struct ctx *c = p->c;
+	struct ctx_grad *g;
+	int rc;
+
+	pthread_mutex_lock(&c->lock);
+	g = u64map_get(&c->grads, (uintptr_t)var);
+	if (!g) {
+		g = calloc(1, sizeof(*g));
+		if (!g || u64map_put(&c->grads, (uintptr_t)var, g)) {
+			free(g);
+			pthread_mutex_unlock(&c->lock);
+			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
+		}
+		g->var = var;
+	}
+	if (g->t.data && numel(&g->t) != numel(grad))
+		rc = err_set(RDAG_EINVAL, "gradients of different sizes for the same variable");
+	else
+		rc = acc(&g->t, grad);
+	pthread_mutex_unlock(&c->lock);
+	return rc;
+}
+
+/* Sink: a gradient for a tensor that arrived by RPC; sent back once the local pass is done. */
+static int sink_recv(void *arg, void *fnp, uint32_t nr, const struct rdag_tensor *grad)
+{
+	struct pass *p = arg;
+	struct ctx_recvfn *fn = fnp;
+	struct rgrads *r;
+	int rc;
+
+	if (!fn || fn->magic != CTX_RECV_MAGIC || fn->ctx_id != p->c->id || nr >= fn->ntensors)
+		return err_set(RDAG_EINVAL, "a gradient flows into a recv function that is not of "
+			       "context %#llx", (unsigned long long)p->c->id);
+	if (grad->dtype != fn->meta[nr].dtype)
+		return err_set(RDAG_EINVAL, "gradient of dtype %u for a tensor of dtype %u",
+			       grad->dtype, fn->meta[nr].dtype);
+	pthread_mutex_lock(&p->lock);
+	r = u64map_get(&p->recv, (uintptr_t)fn);
+	if (!r) {
+		r = calloc(1, sizeof(*r));
+		if (r)
+			r->g = calloc(fn->ntensors, sizeof(*r->g));
+		if (!r || !r->g || u64map_put(&p->recv, (uintptr_t)fn, r)) {
+			if (r)
+				free(r->g);
+			free(r);
+			pthread_mutex_unlock(&p->lock);
+			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
+		}
+		r->fn = fn;
+	}
+	rc = acc(&r->g[nr], grad);
+	pthread_mutex_unlock(&p->lock);
+	return rc;
+}
+
+static void pass_fini(struct pass *p)
+{
+	size_t i = 0;
+	uint64_t k;
+	void *v;
+
+	while (u64map_next(&p->recv, &i, &k, &v)) {
+		struct rgrads *r = v;
+
+		for (uint32_t j = 0; j < r->fn->ntensors; j++)
+			free(r->g[j].data);
+		free(r->g);
+		free(r);
+	}
+	u64map_fini(&p->recv);
+	pthread_mutex_destroy(&p->lock);
+}
+
+/*
+ * The recv functions the pass reached send their gradients (zeros for tensors that got none) to
+ * the workers the forward tensors came from; waits for every answer. Returns the first error.
+ */
+static int propagate(struct pass *p)
+{
+	rdag_agent_t *a = p->a;
+	size_t i = 0, nf = 0, cap = p->recv.count;
+	rdag_future_t **fs;
+	uint64_t k;
+	void *v;
+	int first = 0;
+
+	if (!cap)
+		return 0;
+	fs = calloc(cap, sizeof(*fs));
+	if (!fs)
+		return err_set(RDAG_ENOMEM, "out of memory sending gradients");
+	while (u64map_next(&p->recv, &i, &k, &v)) {
+		struct rgrads *r = v;
+		struct ctx_recvfn *fn = r->fn;
+		struct rdag_tensor *t = calloc(fn->ngrad ? fn->ngrad : 1, sizeof(*t));
+		struct ag_out *o = calloc(1, sizeof(*o));
+		uint32_t m = 0;
+		int rc = 0;
+
+		if (!t || !o) {
+			free(t);
+			free(o);
+			rc = err_set(RDAG_ENOMEM, "out of memory sending gradients");
+		}
+		for (uint32_t j = 0; !rc && j < fn->ntensors; j++) {
+			const struct ctx_tmeta *mt = &fn->meta[j];
+
+			if (!mt->rg)
+				continue;
+			if (!r->g[j].data) {
+				struct rdag_tensor z;
+
+				/* No gradient reached this tensor: zeros of its shape. */
+				rdag_tensor_init(&z, NULL, mt->dtype, mt->ndim, mt->shape);
+				r->g[j] = z;
+				r->g[j].data = calloc(1, rdag_tensor_nbytes(&z) ? rdag_tensor_nbytes(&z) : 1);
+				if (!r->g[j].data) {
+					rc = err_set(RDAG_ENOMEM, "out of memory for zeros");
+					break;
+				}
+			}
+			t[m++] = r->g[j];
+		}
+		if (!rc) {
+			o->kind = WIRE_BACKWARD_AUTOGRAD_REQ;
+			o->grad.ctx_id = p->c->id;
+			o->grad.msg_id = fn->msg_id;
+			o->grad.retain_graph = p->retain;
+			o->own[0] = t;
+			rc = ag_start_call(a, fn->src, o, t, m, NULL, AGC_BACKWARD, &fs[nf]);
+			if (!rc)
+				nf++;
+		} else {
+			free(t);
+			free(o);
+		}
+		if (rc && !first)
+			first = rc;
+	}
+	for (size_t j = 0; j < nf; j++) {
+		int rc = ag_wait(a, fs[j], -1);
+
+		if (rc && !first) {
+			first = rc;
+			err_set(rc, "%s", fs[j]->errtext ? fs[j]->errtext : rdag_strerror(rc));
+		}
+		ag_future_put(fs[j]);
+	}
+	free(fs);
+	return first;
+}
+
+/* Runs a local pass from roots (edges with their gradients), then sends what left it. */
+static int run_pass(rdag_agent_t *a, struct ctx *c, const struct rdag_edge_grad *roots, uint32_t n,
+		    bool retain)
+{
+	struct rdag_grad_sink sink;
+	struct rdag_edge_grad *nodes;
+	struct pass p;
+	uint32_t nn = 0;
+	int rc = 0;
+
+	memset(&p, 0, sizeof(p));
+	p.a = a;
+	p.c = c;
+	p.retain = retain;
+	pthread_mutex_init(&p.lock, NULL);
+	sink.leaf = sink_leaf;
+	sink.recv = sink_recv;
+	sink.arg = &p;
+	nodes = calloc(n ? n : 1, sizeof(*nodes));
+	if (!nodes) {
+		pass_fini(&p);
+		return err_set(RDAG_ENOMEM, "out of memory for a backward pass");
+	}
+	/* Leaves and recv functions among the roots are rdag's; graph nodes go to the engine. */
+	for (uint32_t i = 0; i < n && !rc; i++) {
+		switch (roots[i].grad_kind) {
+		case RDAG_GRAD_NODE:
+			nodes[nn++] = roots[i];
+			break;
+		case RDAG_GRAD_LEAF:
+			rc = sink_leaf(&p, roots[i].edge.node, &roots[i].grad);
+			break;
+		case RDAG_GRAD_RECV:
+			rc = sink_recv(&p, roots[i].edge.node, roots[i].edge.input_nr, &roots[i].grad);
+			break;
+		default:
+			break;
+		}
+	}
+	if (!rc && nn)
+		rc = a->engine.run(a->engine.engine, nodes, nn, retain, &sink);
+	free(nodes);
+	if (!rc)
+		rc = propagate(&p);
+	pass_fini(&p);
+	return rc;
+}
+
+static int default_run(void *engine, const struct rdag_edge_grad *roots, uint32_t n, bool retain,
+		       const struct rdag_grad_sink *sink)
+{
+	return rdag_graph_run(engine, roots, n, retain, sink);
+}
+
+int rdag_agent_set_engine(rdag_agent_t *a, const struct rdag_engine *e)
+{
+	if (!a)
+		return err_set(RDAG_EINVAL, "rdag_agent_set_engine: NULL agent");
+	if (e && !e->run)
+		return err_set(RDAG_EINVAL, "rdag_agent_set_engine: the engine has no run function");
+	if (e) {
+		a->engine = *e;
+	} else {
+		a->engine.run = default_run;
+		a->engine.engine = NULL;
+	}
+	return 0;
+}
+
+/* Ones for a scalar root of a floating dtype. */
+static int seed(const struct rdag_tensor *root, uint32_t i, struct rdag_edge_grad *eg, double *store)
+{
+	memset(eg, 0, sizeof(*eg));
+	if (!root->requires_grad)
+		return err_set(RDAG_EINVAL, "backward: root %u does not require grad", i);
+	if (numel(root) != 1)
+		return err_set(RDAG_EINVAL, "backward: root %u has %zu elements: roots must be scalars",
+			       i, numel(root));
+	if (root->grad_kind == RDAG_GRAD_NONE)
+		return err_set(RDAG_EINVAL, "backward: root %u has no grad_fn", i);
+	eg->grad_kind = root->grad_kind;
+	eg->edge = root->grad_fn;
+	if (root->grad_kind == RDAG_GRAD_LEAF && !eg->edge.node)
+		eg->edge.node = root->data;
+	eg->grad = *root;
+	eg->grad.requires_grad = false;
+	eg->grad.grad_kind = RDAG_GRAD_NONE;
+	eg->grad.data = store;
+	if (root->dtype == RDAG_F64)
+		*store = 1.0;
+	else if (root->dtype == RDAG_F32)
+		*(float *)store = 1.0f;
+	else
+		return err_set(RDAG_EINVAL, "backward: root %u is of dtype %u: roots must be f32 or f64",
+			       i, root->dtype);
+	return 0;
+}
+
+int rdag_backward(rdag_agent_t *a, uint64_t ctx_id, const struct rdag_tensor *roots, uint32_t n,
+		  bool retain_graph)
+{
+	struct rdag_edge_grad *eg;
+	double *ones;
+	struct ctx *c;
+	int rc = 0;
+
+	if (!a)
+		return err_set(RDAG_EINVAL, "rdag_backward: NULL agent");
+	c = ctxmgr_get(&a->cm, ctx_id);
+	if (!c)
+		return err_set(RDAG_ENOENT, "backward: no autograd context %#llx on worker %u",
+			       (unsigned long long)ctx_id, a->id);
+	if (!n || !roots) {
+		ctx_put(c);
+		return err_set(RDAG_EINVAL, "backward: no roots given");
+	}
+	eg = calloc(n, sizeof(*eg));
+	ones = calloc(n, sizeof(*ones));
+	if (!eg || !ones)
+		rc = err_set(RDAG_ENOMEM, "backward: out of memory");
+	for (uint32_t i = 0; i < n && !rc; i++)
+		rc = seed(&roots[i], i, &eg[i], &ones[i]);
+	if (!rc)
+		rc = run_pass(a, c, eg, n, retain_graph);
+	free(eg);
+	free(ones);
+	ctx_put(c);
+	return rc;
+}
+
+/* ---- serving ------------------------------------------------------------------------------- */
+
+static void reply(struct ag_in *in, uint8_t kind, int rc)
+{
+	struct ag_out *o;
+
+	if (rc) {
+		char text[4096];
+
+		snprintf(text, sizeof(text), "%s", rdag_last_error()[0] ? rdag_last_error() :
+			 rdag_strerror(rc));
+		o = ag_exception_out(in->a, rc, text);
+	} else {
+		o = calloc(1, sizeof(*o));
+		if (o)
+			o->kind = kind;
+	}
+	if (!o) {
+		LOG_ERROR("agent: out of memory answering worker %u", in->src);
+		atomic_fetch_sub(&in->a->serving, 1);
+		ag_in_free(in);
+		return;
+	}
+	ag_send_reply(in, true, o, NULL, NULL, true);
+}
+
+/* PropagateGradientsReq: find the send function, run the local part from its edges, propagate, answer. */
+void ag_serve_backward(struct ag_job *j)
+{
+	struct ag_in *in = (struct ag_in *)j;
+	rdag_agent_t *a = in->a;
+	const struct wire_grad_req *g = &in->inner->u.grad.req;
+	struct rdag_edge_grad *roots = NULL;
+	struct ctx_sendfn *s;
+	struct ctx *c;
+	uint32_t n = in->rx->ntensors;
+	int rc = 0;
+
+	c = ctxmgr_get(&a->cm, g->ctx_id);
+	if (!c) {
+		reply(in, 0, err_set(RDAG_ENOENT, "worker %u has no autograd context %#llx", a->id,
+				     (unsigned long long)g->ctx_id));
+		return;
+	}
+	pthread_mutex_lock(&c->lock);
+	s = u64map_get(&c->send_fns, g->msg_id);
+	pthread_mutex_unlock(&c->lock);
+	if (!s) {
+		rc = err_set(RDAG_ENOENT, "worker %u: context %#llx has no send function for "
+			     "autograd message %#llx", a->id, (unsigned long long)g->ctx_id,
+			     (unsigned long long)g->msg_id);
+	} else if (n != s->nedges) {
+		rc = err_set(RDAG_EINVAL, "worker %u: %u gradients for a send function of %u tensors",
+			     a->id, n, s->nedges);
+	} else if (!(roots = calloc(n ? n : 1, sizeof(*roots)))) {
+		rc = err_set(RDAG_ENOMEM, "worker %u: out of memory for a backward pass", a->id);
+	}
+	for (uint32_t i = 0; !rc && i < n; i++) {
+		const struct ctx_edge *e = &s->edges[i];
+
+		roots[i].grad_kind = e->kind;
+		roots[i].edge.node = e->node;
+		roots[i].edge.input_nr = e->input_nr;
+		ag_tensor_from_rx(&roots[i].grad, &in->rx->tensors[i]);
+		if (roots[i].grad.dtype != e->meta.dtype)
+			rc = err_set(RDAG_EINVAL, "worker %u: gradient %u is of dtype %u, its tensor of "
+				     "dtype %u", a->id, i, roots[i].grad.dtype, e->meta.dtype);
+	}
+	if (!rc)
+		rc = run_pass(a, c, roots, n, g->retain_graph);
+	free(roots);
+	ctx_put(c);
+	reply(in, WIRE_BACKWARD_AUTOGRAD_RESP, rc);
+}
+
+/* Backward from an RRef's value on its owner. */
+static int rref_pass(rdag_agent_t *a, uint64_t ctx_id, uint64_t rref_id, bool retain)
+{
+	struct ag_rref_val *v = ag_rref_get(a, rref_id);
+	struct rdag_edge_grad *eg = NULL;
+	double *ones = NULL;
+	struct ctx *c = NULL;
+	uint32_t n = 0;
+	int rc = 0;
+
+	if (!v)
+		return err_set(RDAG_ENOENT, "worker %u holds no RRef %#llx", a->id,
+			       (unsigned long long)rref_id);
+	c = ctxmgr_get(&a->cm, ctx_id);
+	if (!c) {
+		rc = err_set(RDAG_ENOENT, "backward: no autograd context %#llx on worker %u",
+			     (unsigned long long)ctx_id, a->id);
+		goto out;
+	}
+	eg = calloc(v->ntensors ? v->ntensors : 1, sizeof(*eg));
+	ones = calloc(v->ntensors ? v->ntensors : 1, sizeof(*ones));
+	if (!eg || !ones) {
+		rc = err_set(RDAG_ENOMEM, "backward: out of memory");
+		goto out;
+	}
+	for (uint32_t i = 0; i < v->ntensors && !rc; i++) {
+		if (!v->tensors[i].requires_grad)
+			continue;
+		rc = seed(&v->tensors[i], i, &eg[n], &ones[n]);
+		n++;
+	}
+	if (!rc && !n)
+		rc = err_set(RDAG_EINVAL, "backward: no tensor of RRef %#llx requires grad",
+			     (unsigned long long)rref_id);
+	if (!rc)
+		rc = run_pass(a, c, eg, n, retain);
+out:
+	free(eg);
+	free(ones);
+	ctx_put(c);
+	ag_rref_put(v);
+	return rc;
+}
+
+void ag_serve_rref_backward(struct ag_job *j)
+{
+	struct ag_in *in = (struct ag_in *)j;
+	const struct wire_rref_backward *r = &in->inner->u.rref_bwd;
+
+	reply(in, WIRE_RREF_BACKWARD_RESP, rref_pass(in->a, r->ctx_id, r->rref.local_id,
+						    r->retain_graph));
+}
+
+int rdag_rref_backward(rdag_agent_t *a, uint64_t ctx_id, const struct rdag_rref *r, bool retain_graph)
+{
+	struct ag_out *o;
+	rdag_future_t *f;
+	int rc;
+
+	if (!a || !r)
+		return err_set(RDAG_EINVAL, "rdag_rref_backward: NULL argument");
+	if (r->owner == a->id)
+		return rref_pass(a, ctx_id, r->id, retain_graph);
+	o = calloc(1, sizeof(*o));
+	if (!o)
+		return err_set(RDAG_ENOMEM, "out of memory");
+	o->kind = WIRE_RREF_BACKWARD_REQ;
+	o->rref_bwd.rref.owner = r->owner;
+	o->rref_bwd.rref.local_id = r->id;
+	o->rref_bwd.ctx_id = ctx_id;
+	o->rref_bwd.retain_graph = retain_graph;
+	rc = ag_start_call(a, r->owner, o, NULL, 0, NULL, AGC_RREF_BACKWARD, &f);
+	if (rc)
+		return rc;
+	return ag_finish_sync(a, f, NULL);
+}
