@@ -61,6 +61,7 @@ struct rdag_future {
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	atomic_bool done;
+	atomic_bool left;            /* the send has finished: its tensors are no longer read */
 	bool got_reply, sent;      /* done = got_reply && sent, or a failure */
 	int status;
 	char *errtext;

@@ -196,10 +196,20 @@ static int propagate(struct pass *p)
 		if (rc && !first)
 			first = rc;
 	}
+	/*
+	 * Wait for every answer, but after the first error only until the other requests have left
+	 * (their gradients are ours to free): the pass fails now, not when the slowest branch ends.
+	 */
 	for (size_t j = 0; j < nf; j++) {
-		int rc = ag_wait(a, fs[j], -1);
+		int rc;
 
-		if (rc && !first) {
+		if (first) {
+			pool_wait_flag(&a->pool, &fs[j]->left, -1, a);
+			ag_future_put(fs[j]);
+			continue;
+		}
+		rc = ag_wait(a, fs[j], -1);
+		if (rc) {
 			first = rc;
 			err_set(rc, "%s", fs[j]->errtext ? fs[j]->errtext : rdag_strerror(rc));
 		}

@@ -75,6 +75,7 @@ struct rdag_future *ag_future_new(rdag_agent_t *a, uint32_t dst, int kind)
 	f->kind = kind;
 	atomic_init(&f->refs, 1);
 	atomic_init(&f->done, false);
+	atomic_init(&f->left, false);
 	pthread_mutex_init(&f->lock, NULL);
 	pthread_cond_init(&f->cond, NULL);
 	return f;
@@ -151,7 +152,10 @@ void ag_send_done(void *arg, int status)
 		f->errtext = strdup(rdag_last_error()[0] ? rdag_last_error() : rdag_strerror(status));
 	}
 	settled = settle_locked(f);
+	atomic_store(&f->left, true);
 	pthread_mutex_unlock(&f->lock);
+	if (!settled)
+		pool_kick(&f->a->pool);
 	if (status) {
 		/* No reply will come for a request that never left: forget it. */
 		struct rdag_future *p = ag_pend_take(f->a, f->req_id);
@@ -215,6 +219,7 @@ void ag_fail_peer(rdag_agent_t *a, uint32_t peer, int code, const char *why)
 				/* Closing: the transport is gone, the send will never report. */
 				pthread_mutex_lock(&victims[j]->lock);
 				victims[j]->sent = true;
+				atomic_store(&victims[j]->left, true);
 				pthread_mutex_unlock(&victims[j]->lock);
 			}
 			ag_future_complete(victims[j], code, text, NULL, false);
@@ -520,6 +525,7 @@ fail:
 	if (f) {
 		/* its refs are the caller's only now */
 		f->sent = true;
+		atomic_store(&f->left, true);
 		ag_future_put(f);
 	}
 	return rc;
