@@ -85,6 +85,17 @@ void ag_on_recv(void *arg, struct xport_rx *rx)
 		ag_rx_release(a, rx, loop);
 		return;
 	}
+	if (!loop) {
+		/*
+		 * Requests are held while they are served and replies while their future lives: give
+		 * the receive buffer (the sender's credit) back now, keeping only the tensors' slots.
+		 * Otherwise two workers calling each other could each hold all of the other's credits.
+		 */
+		struct xport_rx *d = xport_detach(a->x, rx);
+
+		if (d)
+			rx = d;
+	}
 	in->a = a;
 	in->rx = rx;
 	in->loop = loop;

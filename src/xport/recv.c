@@ -564,12 +564,120 @@ void xport_recv_peer_dead(struct xport *x, struct xp_peer *p)
 	}
 }
 
+/* A message detached from its receive buffer: the copy, and what it still holds of the peer's. */
+struct xp_held {
+	struct xport_rx rx;      /* public part, first */
+	struct xp_peer *peer;
+	struct xp_rdv_in *rdv;   /* its rendezvous tensors (landed, so unlinked from the peer) */
+};
+
+struct xport_rx *xport_detach(struct xport *x, struct xport_rx *rx)
+{
+	struct xp_recv *r = (struct xp_recv *)rx;
+	struct xp_held *h;
+	uint8_t *copy;
+	uint32_t n;
+
+	if (!x || !rx)
+		return NULL;
+	if (rx->detached)
+		return rx;
+	n = rx->ntensors;
+	h = calloc(1, sizeof(*h));
+	copy = malloc(rx->len ? rx->len : 1);
+	if (h && n)
+		h->rx.tensors = malloc(n * sizeof(*h->rx.tensors));
+	if (!h || !copy || (n && !h->rx.tensors)) {
+		if (h)
+			free(h->rx.tensors);
+		free(h);
+		free(copy);
+		err_set(RDAG_ENOMEM, "xport_detach: out of memory");
+		return NULL;
+	}
+	xp_lock(x);
+	if (r->state != XRS_USER) {
+		xp_unlock(x);
+		LOG_ERROR("xport_detach: message %p is not held by the receiver (state %u)", (void *)rx,
+			  r->state);
+		free(h->rx.tensors);
+		free(h);
+		free(copy);
+		return NULL;
+	}
+	memcpy(copy, rx->buf, rx->len);
+	h->rx.peer = rx->peer;
+	h->rx.len = rx->len;
+	h->rx.buf = copy;
+	h->rx.ntensors = n;
+	h->rx.detached = 1;
+	/* The decoded views point into the buffer: the same offsets in the copy. */
+	if (wire_decode(copy, rx->len, &h->rx.msg)) {
+		LOG_ERROR("xport_detach: a delivered message no longer decodes");
+		h->rx.msg = rx->msg;
+	}
+	for (uint32_t i = 0; i < n; i++) {
+		struct xport_rx_tensor *t = &h->rx.tensors[i];
+
+		*t = rx->tensors[i];
+		if (t->desc.loc == WIRE_LOC_INLINE && t->data) {
+			t->data = copy + ((const uint8_t *)t->data - (const uint8_t *)rx->buf);
+			t->desc.u.data = t->data;
+		}
+	}
+	h->peer = r->peer;
+	h->rdv = r->rdv;
+	r->rdv = NULL;
+	/* The slots are the held copy's now: the buffer goes back without releasing them. */
+	r->rx.ntensors = 0;
+	xport_recv_free(x, r);
+	xport_flush(x);
+	xp_unlock(x);
+	return &h->rx;
+}
+
+static void held_free(struct xport *x, struct xp_held *h)
+{
+	struct xp_peer *p = h->peer;
+
+	for (uint32_t i = 0; p && i < h->rx.ntensors; i++) {
+		const struct wire_tensor *d = &h->rx.tensors[i].desc;
+
+		if (d->loc == WIRE_LOC_SLOT)
+			xport_arena_release(&p->ain, d->u.slot.offset, d->u.slot.length);
+	}
+	while (h->rdv) {
+		struct xp_rdv_in *rec = h->rdv;
+
+		h->rdv = rec->mnext;
+		if (p)
+			rdv_unlink(p, rec);
+		if (rec->reg)
+			rcache_release(x->rc, rec->reg);
+		if (rec->ptr)
+			rdv_buf_free(x, rec->ptr, rec->len);
+		free(rec);
+	}
+	if (p && p->state != XP_PEER_DEAD && p->ain.tail - p->ain.reported >= p->ain.size / 8)
+		xport_dirty(x, p);
+	free(h->rx.tensors);
+	free((void *)h->rx.buf);
+	free(h);
+}
+
 void xport_release(struct xport *x, struct xport_rx *rx)
 {
 	struct xp_recv *r = (struct xp_recv *)rx;
 
 	if (!x || !rx)
 		return;
+	if (rx->detached) {
+		xp_lock(x);
+		held_free(x, (struct xp_held *)rx);
+		xport_flush(x);
+		xp_unlock(x);
+		return;
+	}
 	xp_lock(x);
 	if (r->state != XRS_USER) {
 		LOG_ERROR("xport_release: message %p is not held by the receiver (state %u)", (void *)rx,

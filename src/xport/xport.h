@@ -183,6 +183,7 @@ struct xport_rx {
 	size_t len;
 	uint32_t ntensors;               /* tensors of the innermost message, in order */
 	struct xport_rx_tensor *tensors;
+	uint8_t detached;                /* set by xport_detach(): the receive buffer went back */
 };
 
 /*
@@ -191,6 +192,16 @@ struct xport_rx {
  * a decoding error of an inner message otherwise.
  */
 int xport_msg_tensors(const struct wire_msg *m, struct wire_msg *inner, struct wire_tensor_list *out);
+
+/*
+ * Gives the message's receive buffer back now (returning the peer's credit) while the receiver
+ * keeps the message: its bytes are copied (at most RDAG_MSG_MAX) and the views re-pointed, inline
+ * tensors included; arena slots and rendezvous buffers stay held, not copied. Returns the new
+ * handle (rx is gone) to read and to xport_release() later, or NULL (RDAG_ENOMEM: rx is still
+ * valid and held). Use it for messages held for long (a request being served, a reply kept in a
+ * future), so that held messages never starve a peer of credits. Thread-safe.
+ */
+struct xport_rx *xport_detach(struct xport *x, struct xport_rx *rx);
 
 /* Gives the message's receive buffer, arena slots and rendezvous buffers back. Thread-safe. */
 void xport_release(struct xport *x, struct xport_rx *rx);
