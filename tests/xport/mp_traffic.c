@@ -574,3 +574,108 @@ void sc_threads(struct mp_worker *w)
 	pthread_cond_destroy(&s.c);
 	pthread_mutex_destroy(&s.m);
 }
+
+/* ---- hold: the receiver keeps every message (detached) until all have come ------------------- */
+
+/*
+ * Every other rank sends 4 x credits messages to rank 0, each with an inline, an eager and (one
+ * in 16) a 1 MiB tensor. Rank 0 detaches each message as it comes and releases none until the
+ * last has arrived: without xport_detach the senders would run out of credits after `credits`
+ * messages and the scenario would never end. Then every held message's bytes are checked (the
+ * receive buffers have been reused many times meanwhile) and everything is released.
+ */
+struct hold {
+	struct xport_rx **held;
+	long n, want, per_sender;
+};
+
+#define HOLD_SMALL 512
+#define HOLD_EAGER 16384
+#define HOLD_BIG (1 << 20)
+
+static void hold_rx(struct mp_worker *w, struct xport_rx *rx)
+{
+	struct hold *s = w->sc;
+	struct xport_rx *d = xport_detach(w->x, rx);
+
+	MP_CHECK(w, d != NULL && d->detached, "xport_detach failed: %s", rdag_last_error());
+	if (!d) {
+		xport_release(w->x, rx);
+		return;
+	}
+	if (s->n < s->want)
+		s->held[s->n++] = d;
+	else
+		xport_release(w->x, d);
+}
+
+void sc_hold(struct mp_worker *w)
+{
+	struct xport_stats st;
+	struct hold s;
+
+	memset(&s, 0, sizeof(s));
+	s.per_sender = 4L * w->xo.credits;
+	s.want = s.per_sender * (w->world - 1);
+	if (w->rank == 0) {
+		s.held = calloc((size_t)s.want, sizeof(*s.held));
+		MP_CHECK(w, s.held != NULL, "out of memory");
+		w->sc = &s;
+		w->on_rx = hold_rx;
+		while (!w->fail && s.n < s.want)
+			if (mp_step(w))
+				break;
+		for (long i = 0; i < s.n && !w->fail; i++) {
+			struct xport_rx *rx = s.held[i];
+			uint64_t seq = rx->msg.env.req_id;
+
+			MP_CHECK(w, rx->ntensors == (seq % 16 == 0 ? 3u : 2u), "message %ld: %u tensors", i,
+				 rx->ntensors);
+			for (uint32_t j = 0; j < rx->ntensors && !w->fail; j++) {
+				size_t bad = mp_check(rx->tensors[j].data, rx->tensors[j].desc.nbytes,
+						      mp_seed(rx->peer, seq, j));
+
+				MP_CHECK(w, bad == 0, "message %llu from %u, tensor %u (%s): byte %zu differs "
+					 "after the receive buffer went back", (unsigned long long)seq,
+					 rx->peer, j, j == 0 ? "inline" : j == 1 ? "eager" : "large", bad - 1);
+			}
+		}
+		for (long i = 0; i < s.n; i++)
+			xport_release(w->x, s.held[i]);
+		free(s.held);
+		w->on_rx = NULL;
+		xport_get_stats(w->x, &st);
+		MP_CHECK(w, st.credit_overruns == 0 && st.refused == 0, "overruns %llu, refused %llu",
+			 (unsigned long long)st.credit_overruns, (unsigned long long)st.refused);
+	} else {
+		uint8_t *buf[3];
+
+		buf[0] = malloc(HOLD_SMALL);
+		buf[1] = malloc(HOLD_EAGER);
+		buf[2] = malloc(HOLD_BIG);
+		MP_CHECK(w, buf[0] && buf[1] && buf[2], "out of memory");
+		for (long seq = 0; seq < s.per_sender && !w->fail; seq++) {
+			struct xport_tensor t[3];
+			struct mp_rpc rpc = {"hold", "", 0};
+			uint32_t n = seq % 16 == 0 ? 3 : 2;
+			static const size_t sz[3] = {HOLD_SMALL, HOLD_EAGER, HOLD_BIG};
+
+			/* A buffer is reused once its send is done: wait for the previous ones. */
+			if (mp_drain(w))
+				break;
+			for (uint32_t j = 0; j < n; j++) {
+				mp_fill(buf[j], sz[j], mp_seed((uint64_t)w->rank, (uint64_t)seq, j));
+				t[j].data = buf[j];
+				mp_desc_u8(&t[j].desc, sz[j]);
+			}
+			MP_CHECK(w, mp_send(w, 0, (uint64_t)seq, mp_enc_rpc, &rpc, t, n) == 0,
+				 "message %ld: %s", seq, rdag_last_error());
+		}
+		mp_drain(w);
+		MP_CHECK(w, w->done_err == 0, "%llu sends failed: %s", (unsigned long long)w->done_err,
+			 w->last_err);
+		for (int j = 0; j < 3; j++)
+			free(buf[j]);
+	}
+	MP_CHECK(w, boot_barrier(w->b) == 0, "barrier: %s", rdag_last_error());
+}

@@ -263,7 +263,7 @@ static const struct {
 } scenarios[] = {
 	{"pingpong", sc_pingpong, 2}, {"burst", sc_burst, 2}, {"tensors", sc_tensors, 2},
 	{"refuse", sc_refuse, 2},     {"kill", sc_kill, 2},   {"rcache", sc_rcache, 2},
-	{"threads", sc_threads, 2},
+	{"threads", sc_threads, 2},   {"hold", sc_hold, 2},
 };
 
 static int worker(const struct mp_cfg *cfg, int rank, int lfd, int port, int ready_fd,

@@ -105,6 +105,7 @@ void sc_refuse(struct mp_worker *w);
 void sc_kill(struct mp_worker *w);
 void sc_rcache(struct mp_worker *w);
 void sc_threads(struct mp_worker *w);
+void sc_hold(struct mp_worker *w);
 /* Ping-pong among the ranks in mask, k round trips per pair (used by sc_pingpong and sc_kill). */
 void mp_pingpong(struct mp_worker *w, uint32_t mask, long k);
 
