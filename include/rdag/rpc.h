@@ -160,8 +160,8 @@ RDAG_API int rdag_remote(rdag_agent_t *a, uint32_t dst, const char *fn, const st
 
 /*
  * Fetches the value of r from its owner (a copy travels; with a current context the transfer
- * is recorded for autograd like a call's reply). *out as for rdag_rpc_sync(). RDAG_ENOENT
- * (remote) for an unknown or released RRef. Thread-safe.
+ * is recorded for autograd like a call's reply). *out as for rdag_rpc_sync(). An unknown or
+ * released RRef fails with RDAG_EREMOTE ("Error on Node <owner>: ... holds no RRef ..."). Thread-safe.
  */
 RDAG_API int rdag_rref_fetch(rdag_agent_t *a, const struct rdag_rref *r, rdag_future_t **out);
 

@@ -258,7 +258,7 @@ size_t ctx_known(struct ctx *c, uint16_t *out, size_t cap)
 
 	pthread_mutex_lock(&c->lock);
 	n = c->nknown;
-	if (out)
+	if (out && n && cap)
 		memcpy(out, c->known, (n < cap ? n : cap) * sizeof(*out));
 	pthread_mutex_unlock(&c->lock);
 	return n;

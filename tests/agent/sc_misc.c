@@ -1,0 +1,813 @@
+/* Scenarios on the RPC layer: remote errors, RRefs, profiling, futures, names, manual progress. */
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "agent_mp.h"
+
+#define LONG_NAME 4096
+
+static int fn_long(void *arg, const struct rdag_caller *who, const struct rdag_msg *in,
+		   rdag_reply_t *out)
+{
+	(void)arg;
+	(void)who;
+	(void)in;
+	return rdag_reply_payload(out, "long", 4);
+}
+
+static uint64_t new_ctx(struct am_worker *w)
+{
+	uint64_t id = ~0ull;
+
+	CHECK_RC(w, rdag_ctx_create(w->a, &id), 0, "rdag_ctx_create");
+	return id;
+}
+
+/* ---- remote_error ---------------------------------------------------------------------------- */
+
+void sc_remote_error(struct am_worker *w)
+{
+	uint32_t b = (uint32_t)((w->rank + 1) % w->world),
+		 c3 = (uint32_t)((w->rank + 2) % w->world);
+	struct rdag_msg args, m;
+	char want[128], *name;
+	rdag_future_t *f = NULL;
+	struct am_ctl ctl;
+	struct am_res res;
+	uint64_t ctx;
+	int rc;
+
+	/* Registration errors; a name of the largest size. */
+	am_phase(w, "remote_error: registration");
+	CHECK_RC(w, rdag_register(w->a, "f", fn_long, w), RDAG_EEXIST, "registering \"f\" twice");
+	CHECK(w, rdag_register(w->a, "", fn_long, w) < 0, "an empty name was accepted");
+	name = malloc(LONG_NAME + 2);
+	if (!name) {
+		CHECK(w, 0, "out of memory");
+		return;
+	}
+	memset(name, 'n', LONG_NAME + 1);
+	name[LONG_NAME + 1] = '\0';
+	CHECK(w, rdag_register(w->a, name, fn_long, w) < 0, "a name of %d bytes was accepted",
+	      LONG_NAME + 1);
+	name[LONG_NAME] = '\0';
+	CHECK_RC(w, rdag_register(w->a, name, fn_long, w), 0, "a name of %d bytes", LONG_NAME);
+	CHECK_RC(w, rdag_register(w->a, name, fn_long, w), RDAG_EEXIST, "the long name twice");
+	am_barrier(w, "remote_error: registered");
+
+	/* A function failing: "Error on Node <callee>: bad thing 7", exactly. */
+	am_phase(w, "remote_error: direct");
+	snprintf(want, sizeof(want), "Error on Node %u: bad thing 7", b);
+	am_ctl_init(&ctl, AM_RET_NOGRAD, 0);
+	ctl.fail_at = 1;
+	rc = am_call(w, b, &ctl, NULL, 0, 0, &res);
+	CHECK_RC(w, rc, RDAG_EREMOTE, "a failing function");
+	CHECK(w, strcmp(res.err, want) == 0, "error text \"%s\", expected \"%s\"", res.err, want);
+	am_res_free(&res);
+
+	/* The same through a future. */
+	args = (struct rdag_msg){.payload = &ctl, .payload_len = sizeof(ctl)};
+	rc = rdag_rpc_async(w->a, b, "f", &args, NULL, &f);
+	CHECK_RC(w, rc, 0, "rdag_rpc_async of a failing function");
+	if (rc == 0) {
+		char text[1024];
+
+		rc = rdag_future_wait(f, 60000);
+		snprintf(text, sizeof(text), "%s", rdag_last_error());
+		CHECK_RC(w, rc, RDAG_EREMOTE, "rdag_future_wait of a failing call");
+		CHECK(w, strcmp(text, want) == 0, "rdag_last_error() \"%s\", expected \"%s\"", text,
+		      want);
+		CHECK(w, strcmp(rdag_future_error(f), want) == 0,
+		      "rdag_future_error \"%s\", expected \"%s\"", rdag_future_error(f), want);
+		CHECK_RC(w, rdag_future_result(f, &m), RDAG_EREMOTE,
+			 "rdag_future_result of a failed call");
+		CHECK_RC(w, rdag_future_test(f), RDAG_EREMOTE, "rdag_future_test of a failed call");
+		rdag_future_free(f);
+	}
+
+	/* Chain rank -> b -> c3: c3 fails, b returns the text it got. The origin stays c3. */
+	am_phase(w, "remote_error: chain");
+	snprintf(want, sizeof(want), "Error on Node %u: bad thing 7", c3);
+	am_ctl_init(&ctl, AM_RET_NOGRAD, 0);
+	ctl.nhops = 1;
+	ctl.hops[0] = (uint16_t)c3;
+	ctl.fail_at = 2;
+	rc = am_call(w, b, &ctl, NULL, 0, 0, &res);
+	CHECK_RC(w, rc, RDAG_EREMOTE, "a chain whose end fails");
+	CHECK(w, strstr(res.err, want) != NULL, "error text \"%s\" does not contain \"%s\"",
+	      res.err, want);
+	CHECK(w, strncmp(res.err, "Error on Node ", 14) == 0, "error text \"%s\"", res.err);
+	am_res_free(&res);
+
+	/* An unregistered name. */
+	am_phase(w, "remote_error: unregistered");
+	f = NULL;
+	args = (struct rdag_msg){.payload = "x", .payload_len = 1};
+	rc = rdag_rpc_sync(w->a, b, "no_such_function", &args, NULL, &f);
+	{
+		char text[1024];
+
+		snprintf(text, sizeof(text), "%s", rdag_last_error());
+		CHECK_RC(w, rc, RDAG_EREMOTE, "calling an unregistered name");
+		snprintf(want, sizeof(want), "Error on Node %u: ", b);
+		CHECK(w, strstr(text, "no_such_function") && strncmp(text, want, strlen(want)) == 0,
+		      "error text \"%s\": expected \"%s...no_such_function...\"", text, want);
+	}
+	CHECK(w, f == NULL, "a failed rdag_rpc_sync left a future");
+	if (rc == 0)
+		rdag_future_free(f);
+
+	/* The long name works remotely. */
+	f = NULL;
+	rc = rdag_rpc_sync(w->a, b, name, &args, NULL, &f);
+	CHECK_RC(w, rc, 0, "calling a %d-byte name", LONG_NAME);
+	if (rc == 0 && rdag_future_result(f, &m) == 0)
+		CHECK(w, m.payload_len == 4 && memcmp(m.payload, "long", 4) == 0,
+		      "reply of the long name");
+	rdag_future_free(f);
+	free(name);
+
+	/* After the errors, a normal call works; and errors in a context leave it usable. */
+	am_phase(w, "remote_error: after");
+	am_ctl_init(&ctl, AM_RET_NOGRAD, 5);
+	rc = am_call(w, b, &ctl, NULL, 0, 0, &res);
+	CHECK_RC(w, rc, 0, "a normal call after the errors");
+	am_res_free(&res);
+	ctx = new_ctx(w);
+	ctl.fail_at = 1;
+	rc = am_call(w, b, &ctl, NULL, 0, 0, &res);
+	CHECK_RC(w, rc, RDAG_EREMOTE, "a failing call in a context");
+	am_res_free(&res);
+	ctl.fail_at = 0;
+	rc = am_call(w, b, &ctl, NULL, 0, 0, &res);
+	CHECK_RC(w, rc, 0, "a normal call in the context after an error");
+	if (rc == 0)
+		CHECK(w, res.nobs && res.obs[0].has_context && res.obs[0].context_id == ctx,
+		      "context not carried");
+	am_res_free(&res);
+	CHECK_RC(w, rdag_ctx_release(w->a, ctx), 0, "release");
+	am_barrier(w, "remote_error: done");
+}
+
+/* ---- rref ------------------------------------------------------------------------------------ */
+
+static void check_fetch(struct am_worker *w, const struct rdag_rref *r, uint64_t seed, size_t tlen)
+{
+	rdag_future_t *f = NULL;
+	struct rdag_msg m;
+	int rc = rdag_rref_fetch(w->a, r, &f);
+
+	CHECK_RC(w, rc, 0, "fetch of RRef %#llx owned by %u", (unsigned long long)r->id, r->owner);
+	if (rc)
+		return;
+	rc = rdag_future_result(f, &m);
+	CHECK_RC(w, rc, 0, "rdag_future_result of a fetch");
+	if (rc == 0) {
+		CHECK(w,
+		      m.payload_len == AM_MAKE_PAYLOAD &&
+			      !am_check(m.payload, AM_MAKE_PAYLOAD, seed),
+		      "fetched payload: %zu bytes or contents differ", m.payload_len);
+		CHECK(w, m.ntensors == 1, "fetched %u tensors", m.ntensors);
+		if (m.ntensors == 1) {
+			size_t nb = rdag_tensor_nbytes(&m.tensors[0]);
+			uint64_t bad = am_check(m.tensors[0].data, nb, seed + 1);
+
+			CHECK(w, nb == tlen && !bad,
+			      "fetched tensor: %zu bytes (expected %zu), first bad byte %lld", nb,
+			      tlen, (long long)bad - 1);
+		}
+	}
+	rdag_future_free(f);
+}
+
+void sc_rref(struct am_worker *w)
+{
+	uint32_t next = (uint32_t)((w->rank + 1) % w->world), me = (uint32_t)w->rank;
+	struct am_make mk1 = {am_seed(me, next, 1), 100000}, mk2 = {am_seed(me, me, 2), 5000};
+	struct rdag_msg a1 = {.payload = &mk1, .payload_len = sizeof(mk1)};
+	struct rdag_msg a2 = {.payload = &mk2, .payload_len = sizeof(mk2)};
+	struct rdag_rref r1 = {0, 0}, r2 = {0, 0}, r3 = {0, 0};
+	rdag_future_t *f = NULL;
+	struct am_ctl ctl;
+	int rc;
+
+	am_phase(w, "rref: remote");
+	rc = rdag_remote(w->a, next, "make", &a1, NULL, &r1);
+	CHECK_RC(w, rc, 0, "rdag_remote on %u", next);
+	CHECK(w, r1.owner == next, "RRef owner %u, expected %u", r1.owner, next);
+	CHECK(w, am_top(r1.id) == me, "RRef id %#llx not made by its creator %u",
+	      (unsigned long long)r1.id, me);
+	rc = rdag_remote(w->a, me, "make", &a2, NULL, &r2);
+	CHECK_RC(w, rc, 0, "rdag_remote on itself");
+	CHECK(w, r2.owner == me, "RRef owner %u, expected itself", r2.owner);
+	CHECK(w, r2.id != r1.id, "two RRefs with id %#llx", (unsigned long long)r1.id);
+	CHECK(w, rdag_rref_count(w->a) >= 1, "own RRef not counted right after rdag_remote");
+	/* A failing function makes no RRef. */
+	am_ctl_init(&ctl, AM_RET_NOGRAD, 0);
+	ctl.fail_at = 1;
+	{
+		struct rdag_msg a3 = {.payload = &ctl, .payload_len = sizeof(ctl)};
+		char want[64], text[1024];
+
+		rc = rdag_remote(w->a, next, "f", &a3, NULL, &r3);
+		snprintf(text, sizeof(text), "%s", rdag_last_error());
+		snprintf(want, sizeof(want), "Error on Node %u: bad thing 7", next);
+		CHECK_RC(w, rc, RDAG_EREMOTE, "rdag_remote of a failing function");
+		CHECK(w, strcmp(text, want) == 0, "error \"%s\", expected \"%s\"", text, want);
+	}
+	am_barrier(w, "rref: made");
+	/* Every worker owns its own RRef and its predecessor's (one in a world of 1). */
+	CHECK(w, rdag_rref_count(w->a) == (w->world > 1 ? 2u : 1u), "this worker owns %zu RRefs",
+	      rdag_rref_count(w->a));
+
+	am_phase(w, "rref: fetch");
+	for (int k = 0; k < 2; k++) {
+		check_fetch(w, &r1, mk1.seed, mk1.tensor_len);
+		check_fetch(w, &r2, mk2.seed, mk2.tensor_len);
+	}
+	am_barrier(w, "rref: fetched");
+	CHECK(w, rdag_rref_count(w->a) == (w->world > 1 ? 2u : 1u),
+	      "fetching changed the count to %zu", rdag_rref_count(w->a));
+	am_barrier(w, "rref: counted"); /* before anyone releases what this worker owns */
+
+	am_phase(w, "rref: release");
+	CHECK_RC(w, rdag_rref_release(w->a, &r1), 0, "rdag_rref_release (remote owner)");
+	CHECK_RC(w, rdag_rref_release(w->a, &r2), 0, "rdag_rref_release (own)");
+	{
+		uint64_t dl = am_deadline(w, 30);
+
+		while (rdag_rref_count(w->a) != 0 && am_wait_until(dl))
+			;
+		CHECK(w, rdag_rref_count(w->a) == 0, "%zu RRefs owned 30 s after every release",
+		      rdag_rref_count(w->a));
+	}
+	am_barrier(w, "rref: released");
+
+	am_phase(w, "rref: fetch released");
+	f = NULL;
+	rc = rdag_rref_fetch(w->a, &r1, &f);
+	CHECK_RC(w, rc, RDAG_EREMOTE, "fetch of a released RRef (remote owner)");
+	if (rc == 0)
+		rdag_future_free(f);
+	f = NULL;
+	rc = rdag_rref_fetch(w->a, &r2, &f);
+	CHECK_RC(w, rc, RDAG_EREMOTE, "fetch of a released RRef (own)");
+	if (rc == 0)
+		rdag_future_free(f);
+	am_barrier(w, "rref: done");
+}
+
+/* ---- profiling ------------------------------------------------------------------------------- */
+
+#define PROF_K 5
+
+static int prof_call(struct am_worker *w, uint32_t dst, uint64_t prof_id, struct am_prof *out)
+{
+	struct rdag_call_opts opts = {.flags = 0, .prof_id = prof_id};
+	struct rdag_msg args = {.payload = "p", .payload_len = 1}, m;
+	rdag_future_t *f = NULL;
+	int rc = rdag_rpc_sync(w->a, dst, "prof_fn", &args, prof_id ? &opts : NULL, &f);
+
+	memset(out, 0, sizeof(*out));
+	CHECK_RC(w, rc, 0, "prof_fn on %u (prof_id %#llx)", dst, (unsigned long long)prof_id);
+	if (rc)
+		return rc;
+	rc = rdag_future_result(f, &m);
+	if (rc == 0 && m.payload_len == sizeof(*out))
+		memcpy(out, m.payload, sizeof(*out));
+	else
+		CHECK(w, 0, "prof_fn's reply: rc %d, %zu bytes", rc, rc ? 0 : m.payload_len);
+	rdag_future_free(f);
+	return rc;
+}
+
+void sc_profiling(struct am_worker *w)
+{
+	uint32_t callee = (uint32_t)((w->rank + 1) % w->world);
+	uint64_t p = ((uint64_t)getpid() << 8) | 0x5au, p2 = p + 1;
+	struct rdag_prof_event ev[64];
+	struct am_prof got[PROF_K], q;
+	int matched[PROF_K] = {0};
+	size_t n = 0, inner = 0, outer = 0;
+	int rc;
+
+	am_phase(w, "profiling: calls");
+	CHECK_RC(w, rdag_prof_record("outside", 1, 2), RDAG_ENOENT,
+		 "rdag_prof_record outside a profiled call");
+	for (int k = 0; k < PROF_K; k++) {
+		prof_call(w, callee, p, &got[k]);
+		CHECK_RC(w, got[k].rc, 0, "rdag_prof_record in profiled call %d", k);
+		CHECK(w, got[k].t0 <= got[k].t1, "times");
+	}
+	prof_call(w, callee, 0, &q);
+	CHECK_RC(w, q.rc, RDAG_ENOENT, "rdag_prof_record in a call without prof_id");
+	prof_call(w, callee, p2, &q);
+	CHECK_RC(w, q.rc, 0, "rdag_prof_record in a call with another prof_id");
+
+	am_phase(w, "profiling: events");
+	rc = rdag_prof_events(w->a, p, ev, 64, &n);
+	CHECK_RC(w, rc, 0, "rdag_prof_events");
+	CHECK(w, n == 2 * PROF_K, "%zu events for %d profiled calls, expected %d", n, PROF_K,
+	      2 * PROF_K);
+	for (size_t i = 0; rc == 0 && i < n && i < 64; i++) {
+		const struct rdag_prof_event *e = &ev[i];
+
+		CHECK(w, e->worker == callee && e->start_ns <= e->end_ns && e->name,
+		      "event %zu (%s): worker %u (expected %u), %llu..%llu", i,
+		      e->name ? e->name : "(null)", e->worker, callee,
+		      (unsigned long long)e->start_ns, (unsigned long long)e->end_ns);
+		if (!e->name)
+			continue;
+		if (strcmp(e->name, "inner") == 0) {
+			int hit = 0;
+
+			inner++;
+			for (int k = 0; k < PROF_K; k++) {
+				if (!matched[k] && got[k].t0 == e->start_ns &&
+				    got[k].t1 == e->end_ns) {
+					matched[k] = hit = 1;
+					break;
+				}
+			}
+			CHECK(w, hit,
+			      "event \"inner\" %llu..%llu matches no recorded one (or one twice)",
+			      (unsigned long long)e->start_ns, (unsigned long long)e->end_ns);
+		} else if (strstr(e->name, "prof_fn")) {
+			outer++;
+		} else {
+			CHECK(w, 0, "unexpected event \"%s\"", e->name);
+		}
+	}
+	CHECK(w, inner == PROF_K && outer == PROF_K,
+	      "%zu \"inner\" events and %zu of the call, expected %d each", inner, outer, PROF_K);
+	n = 99;
+	CHECK_RC(w, rdag_prof_events(w->a, p2, ev, 64, &n), 0, "rdag_prof_events (second id)");
+	CHECK(w, n == 2, "%zu events for the second id, expected 2", n);
+	n = 99;
+	CHECK_RC(w, rdag_prof_events(w->a, p + 1000, ev, 64, &n), 0,
+		 "rdag_prof_events of an unused id");
+	CHECK(w, n == 0, "%zu events for an unused id", n);
+
+	am_phase(w, "profiling: clear");
+	rdag_prof_clear(w->a, p);
+	n = 99;
+	CHECK_RC(w, rdag_prof_events(w->a, p, ev, 64, &n), 0, "rdag_prof_events after clear");
+	CHECK(w, n == 0, "%zu events after rdag_prof_clear", n);
+	n = 99;
+	CHECK_RC(w, rdag_prof_events(w->a, p2, ev, 64, &n), 0, "rdag_prof_events (second id)");
+	CHECK(w, n == 2, "clearing one id removed the other's events (%zu left)", n);
+	rdag_prof_clear(w->a, p2);
+	am_barrier(w, "profiling: done");
+}
+
+/* ---- future ---------------------------------------------------------------------------------- */
+
+struct cb_state {
+	atomic_int count;
+	atomic_int status;
+	pthread_t thread;
+	atomic_int errors; /* shared counter: calls that completed with an error */
+};
+
+static void on_done(void *arg, rdag_future_t *f, int status)
+{
+	struct cb_state *s = arg;
+
+	(void)f;
+	s->thread = pthread_self();
+	atomic_store(&s->status, status);
+	atomic_fetch_add(&s->count, 1);
+}
+
+/* The callback of the concurrent calls: counts only (many threads run it at once). */
+static void on_count(void *arg, rdag_future_t *f, int status)
+{
+	struct cb_state *s = arg;
+
+	(void)f;
+	if (status)
+		atomic_fetch_add(&s->errors, 1);
+	atomic_fetch_add(&s->count, 1);
+}
+
+static void wait_count(struct am_worker *w, struct cb_state *s, int n, const char *what)
+{
+	uint64_t dl = am_deadline(w, 30);
+
+	while (atomic_load(&s->count) < n && am_wait_until(dl))
+		;
+	CHECK(w, atomic_load(&s->count) == n, "%s: %d callbacks, expected %d", what,
+	      atomic_load(&s->count), n);
+}
+
+struct fcall {
+	rdag_future_t *f;
+	uint8_t *payload, *data;
+	size_t plen, tlen;
+	struct rdag_tensor t;
+	uint64_t seed;
+	int dst;
+};
+
+void sc_future(struct am_worker *w)
+{
+	uint32_t peer = (uint32_t)((w->rank + 1) % w->world);
+	struct rdag_msg args = {.payload = "g", .payload_len = 1}, m;
+	struct cb_state s1, s2, s3, all;
+	const int per_peer = 100;
+	struct fcall *calls = NULL;
+	int total = per_peer * (w->world - 1), k = 0;
+	rdag_future_t *f = NULL;
+	uint64_t dl;
+	struct am_ctl ctl;
+	int rc;
+
+	memset(&s1, 0, sizeof(s1));
+	memset(&s2, 0, sizeof(s2));
+	memset(&s3, 0, sizeof(s3));
+	memset(&all, 0, sizeof(all));
+
+	/* A call held by the callee until we open its gate: EAGAIN, a timed-out wait, done. */
+	am_phase(w, "future: gated call");
+	rc = rdag_rpc_async(w->a, peer, "gate_wait", &args, NULL, &f);
+	CHECK_RC(w, rc, 0, "rdag_rpc_async(gate_wait)");
+	if (rc == 0) {
+		CHECK_RC(w, rdag_future_test(f), RDAG_EAGAIN,
+			 "rdag_future_test of a call still held");
+		CHECK_RC(w, rdag_future_wait(f, 50), RDAG_ETIMEDOUT,
+			 "rdag_future_wait(50 ms) of a held call");
+		CHECK_RC(w, rdag_future_result(f, &m), RDAG_EAGAIN,
+			 "rdag_future_result of a held call");
+		CHECK_RC(w, rdag_future_then(f, on_done, &s1), 0, "rdag_future_then");
+		CHECK_RC(w, rdag_future_then(f, on_done, &s1), RDAG_EBUSY,
+			 "a second rdag_future_then");
+		CHECK(w, atomic_load(&s1.count) == 0, "the callback ran before the call completed");
+		CHECK_RC(w, rdag_rpc_sync(w->a, peer, "gate_open", &args, NULL, NULL), 0,
+			 "gate_open");
+		CHECK_RC(w, rdag_future_wait(f, 60000), 0,
+			 "rdag_future_wait once the gate is open");
+		CHECK_RC(w, rdag_future_test(f), 0, "rdag_future_test of a completed call");
+		wait_count(w, &s1, 1, "gated call");
+		CHECK_RC(w, atomic_load(&s1.status), 0, "status given to the callback");
+		if (rdag_future_result(f, &m) == 0)
+			CHECK(w, m.payload_len == 4 && memcmp(m.payload, "open", 4) == 0,
+			      "gate_wait's reply");
+		else
+			CHECK(w, 0, "rdag_future_result of a completed call");
+		rdag_future_free(f);
+		CHECK(w, atomic_load(&s1.count) == 1, "the callback ran %d times",
+		      atomic_load(&s1.count));
+	}
+
+	/* then() on a completed future runs at once, on this thread. */
+	am_phase(w, "future: then after completion");
+	f = NULL;
+	rc = rdag_rpc_async(w->a, peer, "echo", &args, NULL, &f);
+	CHECK_RC(w, rc, 0, "rdag_rpc_async(echo)");
+	if (rc == 0) {
+		CHECK_RC(w, rdag_future_wait(f, 60000), 0, "rdag_future_wait(echo)");
+		CHECK_RC(w, rdag_future_then(f, on_done, &s2), 0,
+			 "rdag_future_then on a completed future");
+		CHECK(w, atomic_load(&s2.count) == 1 && pthread_equal(s2.thread, pthread_self()),
+		      "the callback of a completed future did not run at once on the calling "
+		      "thread (%d runs)",
+		      atomic_load(&s2.count));
+		rdag_future_free(f);
+	}
+
+	/* A failing call's callback gets its status. */
+	am_phase(w, "future: failing call");
+	am_ctl_init(&ctl, AM_RET_NONE, 0);
+	ctl.fail_at = 1;
+	{
+		struct rdag_msg a3 = {.payload = &ctl, .payload_len = sizeof(ctl)};
+
+		f = NULL;
+		rc = rdag_rpc_async(w->a, peer, "f", &a3, NULL, &f);
+		CHECK_RC(w, rc, 0, "rdag_rpc_async of a failing function");
+		if (rc == 0) {
+			CHECK_RC(w, rdag_future_then(f, on_done, &s3), 0, "rdag_future_then");
+			CHECK_RC(w, rdag_future_wait(f, 60000), RDAG_EREMOTE,
+				 "rdag_future_wait of a failing call");
+			wait_count(w, &s3, 1, "failing call");
+			CHECK_RC(w, atomic_load(&s3.status), RDAG_EREMOTE,
+				 "status given to the callback");
+			rdag_future_free(f);
+		}
+	}
+	am_barrier(w, "future: single calls");
+
+	/* 100 concurrent calls from every worker to every other, each echoing its own pattern. */
+	am_phase(w, "future: %d concurrent calls", total);
+	calls = calloc((size_t)(total ? total : 1), sizeof(*calls));
+	if (!calls) {
+		CHECK(w, 0, "out of memory");
+		am_barrier(w, "future: concurrent");
+		return;
+	}
+	for (int dst = 0; dst < w->world; dst++) {
+		if (dst == w->rank)
+			continue;
+		for (int i = 0; i < per_peer; i++, k++) {
+			static const size_t sizes[4] = {0, 100, 64 << 10, 256 << 10};
+			struct fcall *c = &calls[k];
+			struct rdag_msg a = {0};
+
+			c->dst = dst;
+			c->seed = am_seed((uint64_t)w->rank, (uint64_t)dst, (uint64_t)i);
+			c->plen = 16 + (size_t)(i * 37) % 1000;
+			c->tlen = sizes[i % 4];
+			c->payload = malloc(c->plen);
+			c->data = c->tlen ? malloc(c->tlen) : NULL;
+			if (!c->payload || (c->tlen && !c->data)) {
+				CHECK(w, 0, "out of memory");
+				break;
+			}
+			am_fill(c->payload, c->plen, c->seed);
+			a.payload = c->payload;
+			a.payload_len = c->plen;
+			if (c->tlen) {
+				am_fill(c->data, c->tlen, c->seed + 1);
+				am_tensor_u8(&c->t, c->data, c->tlen);
+				a.tensors = &c->t;
+				a.ntensors = 1;
+			}
+			rc = rdag_rpc_async(w->a, (uint32_t)dst, "echo", &a, NULL, &c->f);
+			CHECK_RC(w, rc, 0, "async call %d to %d", i, dst);
+			if (rc) {
+				c->f = NULL;
+				continue;
+			}
+			CHECK_RC(w, rdag_future_then(c->f, on_count, &all), 0,
+				 "rdag_future_then of call %d", i);
+		}
+	}
+	dl = am_deadline(w, 90);
+	for (int i = 0; i < total; i++) {
+		struct fcall *c = &calls[i];
+		uint64_t now = am_now_ns();
+
+		if (!c->f)
+			continue;
+		rc = rdag_future_wait(c->f, now < dl ? (int)((dl - now) / 1000000u) : 0);
+		if (rc == RDAG_ETIMEDOUT) {
+			/* Stuck calls can be neither freed (it waits) nor closed. */
+			int running = 0;
+
+			for (int j = i; j < total; j++)
+				running +=
+					calls[j].f && rdag_future_test(calls[j].f) == RDAG_EAGAIN;
+			am_fail(w, __FILE__, __LINE__,
+				"%d of the %d concurrent calls still running after 90 s "
+				"(%d callbacks ran; call %d to %d with a %zu-byte tensor is one): "
+				"giving up",
+				running, k, atomic_load(&all.count), i, c->dst, c->tlen);
+			fflush(NULL);
+			_exit(1);
+		}
+		CHECK_RC(w, rc, 0, "wait of concurrent call %d", i);
+		if (rc == 0 && rdag_future_result(c->f, &m) == 0) {
+			CHECK(w, m.payload_len == c->plen && !am_check(m.payload, c->plen, c->seed),
+			      "call %d: payload of %zu bytes (sent %zu) or its contents differ", i,
+			      m.payload_len, c->plen);
+			CHECK(w, m.ntensors == (c->tlen ? 1u : 0u), "call %d: %u tensors", i,
+			      m.ntensors);
+			if (c->tlen && m.ntensors == 1) {
+				size_t nb = rdag_tensor_nbytes(&m.tensors[0]);
+				uint64_t bad = am_check(m.tensors[0].data, nb, c->seed + 1);
+
+				CHECK(w, nb == c->tlen && !bad,
+				      "call %d: tensor of %zu bytes (sent %zu), first bad byte "
+				      "%lld",
+				      i, nb, c->tlen, (long long)bad - 1);
+			}
+		}
+		rdag_future_free(c->f);
+		c->f = NULL;
+	}
+	wait_count(w, &all, k, "concurrent calls");
+	CHECK(w, atomic_load(&all.errors) == 0, "%d concurrent calls failed",
+	      atomic_load(&all.errors));
+	for (int i = 0; i < total; i++) {
+		free(calls[i].payload);
+		free(calls[i].data);
+	}
+	free(calls);
+	am_barrier(w, "future: concurrent");
+}
+
+/* ---- workers --------------------------------------------------------------------------------- */
+
+void sc_workers(struct am_worker *w)
+{
+	char want[32];
+
+	am_phase(w, "workers");
+	CHECK(w, rdag_agent_id(w->a) == w->rank, "rdag_agent_id %u, rank %d", rdag_agent_id(w->a),
+	      w->rank);
+	CHECK(w, rdag_agent_world(w->a) == (uint32_t)w->world, "rdag_agent_world %u",
+	      rdag_agent_world(w->a));
+	for (int i = 0; i < w->world; i++) {
+		const char *name = rdag_worker_name(w->a, (uint32_t)i);
+
+		snprintf(want, sizeof(want), "worker%d", i);
+		CHECK(w, name && strcmp(name, want) == 0, "rdag_worker_name(%d) = \"%s\"", i,
+		      name ? name : "(null)");
+		CHECK_RC(w, rdag_worker_id(w->a, want), i, "rdag_worker_id(%s)", want);
+	}
+	CHECK(w, rdag_worker_name(w->a, (uint32_t)w->world) == NULL, "a name for worker %d",
+	      w->world);
+	CHECK(w, rdag_worker_name(w->a, 65535) == NULL, "a name for worker 65535");
+	if (w->world > 2)
+		CHECK_RC(w, rdag_worker_id(w->a, "worker2"), 2, "rdag_worker_id(worker2)");
+	CHECK_RC(w, rdag_worker_id(w->a, "nobody"), RDAG_ENOENT, "rdag_worker_id(nobody)");
+	CHECK_RC(w, rdag_worker_id(w->a, ""), RDAG_ENOENT, "rdag_worker_id(\"\")");
+	snprintf(want, sizeof(want), "worker%d", w->world);
+	CHECK_RC(w, rdag_worker_id(w->a, want), RDAG_ENOENT, "rdag_worker_id(%s)", want);
+	CHECK_RC(w, rdag_agent_progress_mode(w->a), RDAG_PROGRESS_THREAD,
+		 "rdag_agent_progress_mode");
+	CHECK(w, rdag_agent_progress(w->a, 0) >= 0, "rdag_agent_progress in thread mode");
+	am_barrier(w, "workers: done");
+}
+
+/* ---- manual ---------------------------------------------------------------------------------- */
+
+/* Drives progress until n replies of "f" have left this worker (the peer's call was served). */
+static void serve(struct am_worker *w, unsigned n, const char *what)
+{
+	uint64_t dl = am_deadline(w, 60);
+	int rc = 0;
+
+	am_phase(w, "manual: serving (%s)", what);
+	while (atomic_load(&w->replies_sent) < n && am_now_ns() < dl) {
+		rc = rdag_agent_progress(w->a, 10);
+		if (rc < 0)
+			break;
+	}
+	CHECK(w, rc >= 0, "rdag_agent_progress: %d (%s): %s", rc, rdag_strerror(rc),
+	      rdag_last_error());
+	CHECK(w, atomic_load(&w->replies_sent) >= n, "%s: %u replies left, expected %u", what,
+	      atomic_load(&w->replies_sent), n);
+}
+
+struct pump {
+	struct am_worker *w;
+	atomic_int stop;
+	int rc;
+};
+
+static void *pump_thread(void *arg)
+{
+	struct pump *p = arg;
+
+	while (!atomic_load(&p->stop)) {
+		int rc = rdag_agent_progress(p->w->a, 10);
+
+		if (rc < 0) {
+			p->rc = rc;
+			break;
+		}
+	}
+	return NULL;
+}
+
+void sc_manual(struct am_worker *w)
+{
+	uint32_t peer = (uint32_t)((w->rank + 1) % w->world),
+		 pred = (uint32_t)((w->rank + w->world - 1) % w->world);
+	unsigned base = atomic_load(&w->replies_sent);
+	struct rdag_fn_info fi[AM_MAXFNS];
+	struct rdag_tensor t[2];
+	struct pump p = {.w = w};
+	uint8_t *big = malloc(4u << 20);
+	static uint8_t small[1024];
+	struct am_ctl ctl;
+	struct am_res res;
+	rdag_future_t *f = NULL;
+	pthread_t th;
+	uint64_t c = ~0ull, pc;
+	char key;
+	int rc;
+
+	CHECK_RC(w, rdag_agent_progress_mode(w->a), RDAG_PROGRESS_MANUAL,
+		 "rdag_agent_progress_mode");
+	if (!big) {
+		CHECK(w, 0, "out of memory");
+		return;
+	}
+
+	/* 1. Every worker calls the next (its wait drives progress), then serves the previous. */
+	am_phase(w, "manual: plain call");
+	am_fill(big, 4u << 20, 101);
+	am_fill(small, sizeof(small), 102);
+	am_tensor_u8(&t[0], big, 4u << 20);
+	am_tensor_u8(&t[1], small, sizeof(small));
+	am_ctl_init(&ctl, AM_RET_NOGRAD, 101);
+	rc = am_call(w, peer, &ctl, t, 1, 0, &res);
+	CHECK_RC(w, rc, 0, "call with a 4 MiB tensor in manual mode");
+	if (rc == 0)
+		CHECK(w, res.nobs && res.obs[0].t[0].bad == 0 && res.obs[0].t[0].nbytes == 4u << 20,
+		      "the 4 MiB tensor arrived damaged");
+	am_res_free(&res);
+	serve(w, base + 1, "plain call");
+	am_barrier(w, "manual: plain call");
+
+	/* 2. In a context, with a tensor requiring grad: recording as in thread mode. */
+	am_phase(w, "manual: context");
+	c = new_ctx(w);
+	am_put(w, 0, c);
+	am_tensor_u8(&t[1], small, sizeof(small));
+	am_leaf(&t[1], &key);
+	am_ctl_init(&ctl, AM_RET_NOGRAD, 102);
+	rc = am_call(w, peer, &ctl, &t[1], 1, 0, &res);
+	CHECK_RC(w, rc, 0, "call in a context in manual mode");
+	if (rc == 0)
+		CHECK(w,
+		      res.nobs && res.obs[0].has_context && res.obs[0].context_id == c &&
+			      res.obs[0].t[0].grad_kind == RDAG_GRAD_RECV &&
+			      res.obs[0].t[0].bad == 0,
+		      "the callee saw has_context %u, context %#llx, grad_kind %u",
+		      res.nobs ? res.obs[0].has_context : 0,
+		      res.nobs ? (unsigned long long)res.obs[0].context_id : 0ull,
+		      res.nobs ? res.obs[0].t[0].grad_kind : 0);
+	am_res_free(&res);
+	serve(w, base + 2, "call in a context");
+	am_barrier(w, "manual: context");
+	pc = am_get(w, (int)pred, 0);
+	CHECK_FNS(w, c, 1, 1, (int)peer, 1, NULL);
+	CHECK_FNS(w, c, 0, 0, -1, -1, NULL);
+	CHECK_KNOWN(w, c, 1u << peer);
+	CHECK_RC(w, rdag_ctx_lookup(w->a, pc), 0, "the predecessor's context %#llx",
+		 (unsigned long long)pc);
+	CHECK_FNS(w, pc, 0, 1, (int)pred, 1, fi);
+	CHECK_FNS(w, pc, 1, 0, -1, -1, NULL);
+	CHECK(w, rdag_ctx_count(w->a) == 2, "%zu contexts: its own and its predecessor's",
+	      rdag_ctx_count(w->a));
+	am_barrier(w, "manual: context checked");
+
+	/* 3. An async call driven by hand: rdag_future_test and rdag_agent_progress. */
+	am_phase(w, "manual: async by hand");
+	{
+		struct rdag_msg args = {.payload = &ctl,
+					.payload_len = sizeof(ctl),
+					.tensors = &t[1],
+					.ntensors = 1};
+		uint64_t dl = am_deadline(w, 60);
+
+		rc = rdag_rpc_async(w->a, peer, "f", &args, NULL, &f);
+		CHECK_RC(w, rc, 0, "rdag_rpc_async in manual mode");
+		if (rc == 0) {
+			while ((rc = rdag_future_test(f)) == RDAG_EAGAIN && am_now_ns() < dl) {
+				int prc = rdag_agent_progress(w->a, 10);
+
+				if (prc < 0) {
+					CHECK_RC(w, prc, 0, "rdag_agent_progress");
+					break;
+				}
+			}
+			CHECK_RC(w, rc, 0, "the async call, progressed by hand");
+			rdag_future_free(f);
+		}
+	}
+	serve(w, base + 3, "async call");
+	am_barrier(w, "manual: async");
+
+	/* 4. rdag_future_wait with a timeout drives progress too. */
+	am_phase(w, "manual: timed wait");
+	{
+		struct rdag_msg args = {.payload = &ctl,
+					.payload_len = sizeof(ctl),
+					.tensors = &t[1],
+					.ntensors = 1};
+
+		f = NULL;
+		rc = rdag_rpc_async(w->a, peer, "f", &args, NULL, &f);
+		CHECK_RC(w, rc, 0, "rdag_rpc_async in manual mode");
+		if (rc == 0) {
+			CHECK_RC(w, rdag_future_wait(f, 60000), 0,
+				 "rdag_future_wait in manual mode");
+			rdag_future_free(f);
+		}
+	}
+	serve(w, base + 4, "timed wait");
+	am_barrier(w, "manual: timed wait");
+	CHECK_FNS(w, c, 1, 3, (int)peer, 1, NULL);
+
+	/* 5. Releases (cleanups must be served on both sides): a progress thread of our own. */
+	am_phase(w, "manual: release");
+	if (pthread_create(&th, NULL, pump_thread, &p) == 0) {
+		CHECK_RC(w, rdag_ctx_release(w->a, c), 0, "rdag_ctx_release in manual mode");
+		am_barrier(w, "manual: released");
+		atomic_store(&p.stop, 1);
+		pthread_join(th, NULL);
+		CHECK_RC(w, p.rc, 0, "rdag_agent_progress on the progress thread");
+	} else {
+		CHECK(w, 0, "pthread_create");
+	}
+	CHECK(w, rdag_ctx_count(w->a) == 0, "%zu contexts after both releases",
+	      rdag_ctx_count(w->a));
+	free(big);
+}
