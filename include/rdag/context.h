@@ -42,7 +42,10 @@ RDAG_API int rdag_ctx_set_current(rdag_agent_t *a, uint64_t id, int set);
  * thread), then sends CLEANUP_AUTOGRAD_CONTEXT_REQ to every known worker, which releases its
  * copy and forwards the request to its own known workers. Returns once those cleanups have been
  * answered (a peer that is dead or does not answer is logged and skipped). RDAG_ENOENT for an
- * id this worker does not hold. Thread-safe.
+ * id this worker does not hold. Another thread that has the context current (or any thread, when
+ * a cleanup from another worker erased it) keeps it as its current id: its calls then fail with
+ * RDAG_ENOENT ("the current context ... was released") until it clears it with
+ * rdag_ctx_set_current(a, 0, 0). Thread-safe.
  */
 RDAG_API int rdag_ctx_release(rdag_agent_t *a, uint64_t id);
 
