@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <rdma/fi_cm.h>
 #include <rdma/fi_errno.h>
@@ -159,6 +160,36 @@ static int open_cq(struct ofi_ep *ep)
  * sends of 64 KiB, then a write). Sending those by rendezvous instead avoids it. rxm reads the
  * limit when the endpoint is created, so it is set (unless the user did) just before.
  */
+/*
+ * libfabric's shm provider names an endpoint's shared-memory region after the process id
+ * (/dev/shm/<pid>:<n>:<n>) and creates it exclusively in fi_enable. A process killed with SIGKILL
+ * leaves its region behind, and a later process that is given the same pid then fails with
+ * EBUSY. A region named after our own pid that we have not enabled yet cannot belong to a live
+ * process: it is removed (logged) before fi_enable. Returns 1 if it removed one.
+ */
+static int remove_stale_shm(struct fid_ep *ep, const char *prov)
+{
+	char name[256], path[300], mine[32];
+	size_t len = sizeof(name) - 1;
+	const char *base;
+
+	if (strcmp(prov, "shm") != 0)
+		return 0;
+	if (fi_getname(&ep->fid, name, &len) != 0)
+		return 0;
+	name[len < sizeof(name) ? len : sizeof(name) - 1] = 0;
+	base = strrchr(name, '/');
+	base = base ? base + 1 : name;
+	snprintf(mine, sizeof(mine), "%d:", (int)getpid());
+	if (strncmp(base, mine, strlen(mine)) != 0 || strchr(base, '/'))
+		return 0;
+	snprintf(path, sizeof(path), "/dev/shm/%s", base);
+	if (unlink(path) != 0)
+		return 0;
+	LOG_WARN("ofi: shm: removed %s, left behind by a killed process that had our pid", path);
+	return 1;
+}
+
 static void work_around_rxm_sar(const char *prov)
 {
 	const char *cur = getenv("FI_OFI_RXM_SAR_LIMIT");
@@ -277,6 +308,7 @@ static int ofi_open(const struct fab_open_opts *opts, struct fab_ep **out)
 		rc = err_set(ofi_status(-rc), "ofi: %s: fi_ep_bind: %s", prov, fi_strerror(-rc));
 		goto fail;
 	}
+	remove_stale_shm(ep->ep, prov);
 	rc = fi_enable(ep->ep);
 	if (rc) {
 		rc = err_set(ofi_status(-rc), "ofi: %s: fi_enable: %s%s", prov, fi_strerror(-rc),

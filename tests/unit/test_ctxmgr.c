@@ -64,7 +64,12 @@ static void ids_layout_and_exhaustion(void **state)
 		else
 			assert_int_equal(id & CTX_ID_LOW_MASK, 0);
 		prev = id;
-		assert_non_null(ctxmgr_remove(&m, id));
+		{
+			struct ctx *c = ctxmgr_remove(&m, id);
+
+			assert_non_null(c);
+			ctx_put(c);
+		}
 	}
 	/* the message counter is separate: it starts at 0 */
 	assert_int_equal(ctxmgr_new_msg_id(&m, &mid), 0);
