@@ -65,20 +65,20 @@ static void rdv_buf_free(struct xport *x, void *ptr, uint64_t len)
 		free(ptr);
 }
 
-void xport_recv_free(struct xport *x, struct xp_recv *r)
+/* Gives back what a message's tensors hold of p's: arena slots, rendezvous buffers (*rdv emptied). */
+static void tensors_free(struct xport *x, struct xp_peer *p, const struct xport_rx *rx,
+			 struct xp_rdv_in **rdv)
 {
-	struct xp_peer *p = r->peer;
-
-	for (uint32_t i = 0; p && i < r->rx.ntensors; i++) {
-		const struct wire_tensor *d = &r->rx.tensors[i].desc;
+	for (uint32_t i = 0; p && i < rx->ntensors; i++) {
+		const struct wire_tensor *d = &rx->tensors[i].desc;
 
 		if (d->loc == WIRE_LOC_SLOT)
 			xport_arena_release(&p->ain, d->u.slot.offset, d->u.slot.length);
 	}
-	while (r->rdv) {
-		struct xp_rdv_in *rec = r->rdv;
+	while (*rdv) {
+		struct xp_rdv_in *rec = *rdv;
 
-		r->rdv = rec->mnext;
+		*rdv = rec->mnext;
 		if (p)
 			rdv_unlink(p, rec);
 		if (rec->reg)
@@ -87,6 +87,13 @@ void xport_recv_free(struct xport *x, struct xp_recv *r)
 			rdv_buf_free(x, rec->ptr, rec->len);
 		free(rec);
 	}
+}
+
+void xport_recv_free(struct xport *x, struct xp_recv *r)
+{
+	struct xp_peer *p = r->peer;
+
+	tensors_free(x, p, &r->rx, &r->rdv);
 	if (r->rx.tensors && r->rx.tensors != r->t_small)
 		free(r->rx.tensors);
 	r->rx.tensors = NULL;
@@ -640,24 +647,7 @@ static void held_free(struct xport *x, struct xp_held *h)
 {
 	struct xp_peer *p = h->peer;
 
-	for (uint32_t i = 0; p && i < h->rx.ntensors; i++) {
-		const struct wire_tensor *d = &h->rx.tensors[i].desc;
-
-		if (d->loc == WIRE_LOC_SLOT)
-			xport_arena_release(&p->ain, d->u.slot.offset, d->u.slot.length);
-	}
-	while (h->rdv) {
-		struct xp_rdv_in *rec = h->rdv;
-
-		h->rdv = rec->mnext;
-		if (p)
-			rdv_unlink(p, rec);
-		if (rec->reg)
-			rcache_release(x->rc, rec->reg);
-		if (rec->ptr)
-			rdv_buf_free(x, rec->ptr, rec->len);
-		free(rec);
-	}
+	tensors_free(x, p, &h->rx, &h->rdv);
 	if (p && p->state != XP_PEER_DEAD && p->ain.tail - p->ain.reported >= p->ain.size / 8)
 		xport_dirty(x, p);
 	free(h->rx.tensors);
