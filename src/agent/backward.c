@@ -258,8 +258,13 @@ static int run_pass(rdag_agent_t *a, struct ctx *c, const struct rdag_edge_grad 
 			break;
 		}
 	}
-	if (!rc && nn)
+	if (!rc && nn) {
+		/* A node may fail without a message: never let an older one stand for it. */
+		err_clear();
 		rc = a->engine.run(a->engine.engine, nodes, nn, retain, &sink);
+		if (rc && !rdag_last_error()[0])
+			err_set(rc, "worker %u: the local backward failed: %s", a->id, rdag_strerror(rc));
+	}
 	free(nodes);
 	if (!rc)
 		rc = propagate(&p);
