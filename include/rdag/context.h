@@ -23,8 +23,9 @@ extern "C" {
 
 /*
  * Creates a context and makes it the calling thread's current one. RDAG_EBUSY if the thread
- * already has a current context (nested contexts are not allowed), RDAG_ERANGE when the ids are
- * exhausted. Thread-safe.
+ * already has a current context that is still alive (nested contexts are not allowed; one
+ * released meanwhile elsewhere is simply replaced), RDAG_ERANGE when the ids are exhausted.
+ * Thread-safe.
  */
 RDAG_API int rdag_ctx_create(rdag_agent_t *a, uint64_t *id);
 
@@ -45,7 +46,7 @@ RDAG_API int rdag_ctx_set_current(rdag_agent_t *a, uint64_t id, int set);
  * id this worker does not hold. Another thread that has the context current (or any thread, when
  * a cleanup from another worker erased it) keeps it as its current id: its calls then fail with
  * RDAG_ENOENT ("the current context ... was released") until it clears it with
- * rdag_ctx_set_current(a, 0, 0). Thread-safe.
+ * rdag_ctx_set_current(a, 0, 0) or creates a new one. Thread-safe.
  */
 RDAG_API int rdag_ctx_release(rdag_agent_t *a, uint64_t id);
 

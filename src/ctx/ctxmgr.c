@@ -138,9 +138,17 @@ int ctxmgr_create(struct ctxmgr *m, uint64_t *id)
 	uint64_t nid = 0;
 	int rc;
 
-	if (cur.m == m)
-		return err_set(RDAG_EBUSY, "this thread already has a current context (%#llx): "
-			       "nested contexts are not allowed", (unsigned long long)cur.id);
+	if (cur.m == m) {
+		struct ctx *live = ctxmgr_get(m, cur.id);
+
+		/* A current context released meanwhile (by another thread, or a remote cleanup) is gone. */
+		if (live) {
+			ctx_put(live);
+			return err_set(RDAG_EBUSY, "this thread already has a current context (%#llx): "
+				       "nested contexts are not allowed", (unsigned long long)cur.id);
+		}
+		cur.m = NULL;
+	}
 	rc = new_id(&m->next_ctx, m->worker, "context", &nid);
 	if (rc)
 		return rc;

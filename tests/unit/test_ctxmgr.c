@@ -88,6 +88,19 @@ static void ids_layout_and_exhaustion(void **state)
 	ctxmgr_fini(&m);
 }
 
+struct remover {
+	struct ctxmgr *m;
+	uint64_t id;
+};
+
+static void *remove_on_other_thread(void *arg)
+{
+	struct remover *r = arg;
+
+	ctx_put(ctxmgr_remove(r->m, r->id));
+	return NULL;
+}
+
 static void current_and_nesting(void **state)
 {
 	struct ctxmgr m, other;
@@ -111,6 +124,20 @@ static void current_and_nesting(void **state)
 	/* removing the current context clears it */
 	ctx_put(ctxmgr_remove(&m, id2));
 	assert_int_equal(ctxmgr_current(&m, &cur), RDAG_ENOENT);
+	/* one released by another thread stays current here, but a new one replaces it */
+	ctxmgr_swap_current(&m, true, id, NULL, NULL);
+	{
+		struct remover rm = {&m, id};
+		pthread_t t;
+
+		assert_int_equal(pthread_create(&t, NULL, remove_on_other_thread, &rm), 0);
+		pthread_join(t, NULL);
+	}
+	assert_int_equal(ctxmgr_current(&m, &cur), 0);
+	assert_int_equal(cur, id);
+	assert_int_equal(ctxmgr_create(&m, &id2), 0);
+	assert_int_equal(ctxmgr_current(&m, &cur), 0);
+	assert_int_equal(cur, id2);
 	ctxmgr_fini(&m);
 	ctxmgr_fini(&other);
 }
