@@ -20,6 +20,7 @@
 #define DEF_SEND_DEPTH 256u
 #define DEF_TIMEOUT_MS 30000
 #define DEF_BUSY_US 50
+#define DEF_IDLE_SLEEP_US 100
 #define EV_BATCH 32
 #define POLL_BATCH 16
 
@@ -92,6 +93,7 @@ void xport_opts_init(struct xport_opts *o)
 	o->send_depth = (uint32_t)env_size("RDAG_SEND_DEPTH", DEF_SEND_DEPTH, 1, 1u << 20);
 	o->peer_timeout_ms = (int)env_size("RDAG_PEER_TIMEOUT_MS", DEF_TIMEOUT_MS, 10, 86400000);
 	o->busy_poll_us = (int)env_size("RDAG_BUSY_POLL_US", DEF_BUSY_US, 0, 10000000);
+	o->idle_sleep_us = (int)env_size("RDAG_IDLE_SLEEP_US", DEF_IDLE_SLEEP_US, 0, 100000);
 	o->open_timeout_ms = 0;
 }
 
@@ -357,7 +359,7 @@ static void idle_tails(struct xport *x)
 
 int xport_progress(struct xport *x, int timeout_ms)
 {
-	uint64_t now = 0, deadline = 0, spin_end = 0;
+	uint64_t now = 0, deadline = 0, spin_end = 0, nap_ns = 0;
 	int total = 0;
 
 	for (;;) {
@@ -398,8 +400,26 @@ int xport_progress(struct xport *x, int timeout_ms)
 		xp_lock(x);
 		idle_tails(x);
 		if (!(x->attr->caps & FAB_CAP_WAIT_FD)) {
+			/*
+			 * No fd to sleep on (shm): nap, doubling up to idle_sleep_us, rather than
+			 * spin. A spinning idle worker takes a CPU from the ones doing the work
+			 * (several workers per host, handler threads copying gradients).
+			 */
+			struct timespec ts;
+
 			xp_unlock(x);
-			sched_yield();
+			if (!x->o.idle_sleep_us) {
+				sched_yield();
+				continue;
+			}
+			nap_ns = nap_ns ? 2 * nap_ns : 5000u;
+			if (nap_ns > (uint64_t)x->o.idle_sleep_us * 1000u)
+				nap_ns = (uint64_t)x->o.idle_sleep_us * 1000u;
+			if (nap_ns > deadline - now)
+				nap_ns = deadline - now;
+			ts.tv_sec = 0;
+			ts.tv_nsec = (long)nap_ns;
+			nanosleep(&ts, NULL);
 			continue;
 		}
 		{

@@ -93,6 +93,7 @@ struct xport_opts {
 	uint32_t send_depth;     /* send ops for callers (RDAG_SEND_DEPTH, 256): the backlog bound */
 	int peer_timeout_ms;     /* dead after this much silence (RDAG_PEER_TIMEOUT_MS, 30000) */
 	int busy_poll_us;        /* xport_progress spins this long before blocking (RDAG_BUSY_POLL_US, 50) */
+	int idle_sleep_us;       /* without a wait fd: longest sleep between idle polls (RDAG_IDLE_SLEEP_US, 100; 0: yield) */
 	int open_timeout_ms;     /* handshakes must finish within this (default: peer_timeout_ms) */
 	xport_recv_fn on_recv;   /* required */
 	void *recv_arg;
