@@ -25,7 +25,9 @@ struct ag_job {
 
 struct ag_pool {
 	pthread_mutex_t lock;
-	pthread_cond_t cond;
+	pthread_cond_t cond;       /* handler threads: a job came (or, for helpers, their flag) */
+	pthread_cond_t wcond;      /* other threads waiting for a flag */
+	int helpers_waiting;       /* handler threads inside pool_wait_flag */
 	struct ag_job *head, *tail;
 	bool stop;
 	int nthreads;

@@ -52,6 +52,7 @@ int pool_start(struct ag_pool *p, int nthreads, const char *name)
 	memset(p, 0, sizeof(*p));
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_cond_init(&p->cond, NULL);
+	pthread_cond_init(&p->wcond, NULL);
 	atomic_init(&p->busy, 0);
 	p->threads = calloc((size_t)nthreads, sizeof(*p->threads));
 	if (!p->threads)
@@ -87,6 +88,7 @@ void pool_stop(struct ag_pool *p)
 	free(p->threads);
 	p->threads = NULL;
 	pthread_cond_destroy(&p->cond);
+	pthread_cond_destroy(&p->wcond);
 	pthread_mutex_destroy(&p->lock);
 }
 
@@ -100,8 +102,11 @@ void pool_push(struct ag_pool *p, struct ag_job *j)
 	else
 		p->head = j;
 	p->tail = j;
-	/* Broadcast: a handler waiting for a nested call may be the one to take it. */
-	pthread_cond_broadcast(&p->cond);
+	/* One idle thread is enough, unless handlers wait for nested calls: any of them may take it. */
+	if (p->helpers_waiting)
+		pthread_cond_broadcast(&p->cond);
+	else
+		pthread_cond_signal(&p->cond);
 	pthread_mutex_unlock(&p->lock);
 }
 
@@ -112,8 +117,11 @@ int pool_is_mine(struct ag_pool *p)
 
 void pool_kick(struct ag_pool *p)
 {
+	/* A flag was set: wake its waiters, not the idle handler threads. */
 	pthread_mutex_lock(&p->lock);
-	pthread_cond_broadcast(&p->cond);
+	pthread_cond_broadcast(&p->wcond);
+	if (p->helpers_waiting)
+		pthread_cond_broadcast(&p->cond);
 	pthread_mutex_unlock(&p->lock);
 }
 
@@ -133,6 +141,7 @@ int pool_wait_flag(struct ag_pool *p, atomic_bool *flag, int timeout_ms, rdag_ag
 	uint64_t end = timeout_ms >= 0 ? ag_now_ns() + (uint64_t)timeout_ms * 1000000u : UINT64_MAX;
 	bool manual = a->mode == RDAG_PROGRESS_MANUAL && !a->progress_running;
 	bool helper = mine == p;
+	int rc;
 
 	while (!atomic_load(flag)) {
 		uint64_t now = ag_now_ns();
@@ -141,10 +150,10 @@ int pool_wait_flag(struct ag_pool *p, atomic_bool *flag, int timeout_ms, rdag_ag
 			return RDAG_ETIMEDOUT;
 		if (manual) {
 			/* Nobody else moves the transport: this wait does (and runs jobs in between). */
-			int rc = xport_progress(a->x, 1);
+			int prc = xport_progress(a->x, 1);
 
-			if (rc < 0)
-				LOG_WARN("agent: progress failed while waiting: %s", rdag_strerror(rc));
+			if (prc < 0)
+				LOG_WARN("agent: progress failed while waiting: %s", rdag_strerror(prc));
 			if (!helper)
 				continue;
 		}
@@ -167,8 +176,12 @@ int pool_wait_flag(struct ag_pool *p, atomic_bool *flag, int timeout_ms, rdag_ag
 				int ms = end == UINT64_MAX || left > 100000000u ? 100 : (int)(left / 1000000u) + 1;
 
 				deadline_of(&ts, ms);
-				if (pthread_cond_timedwait(&p->cond, &p->lock, &ts) == ETIMEDOUT &&
-				    ag_now_ns() >= end)
+				if (helper)
+					p->helpers_waiting++;
+				rc = pthread_cond_timedwait(helper ? &p->cond : &p->wcond, &p->lock, &ts);
+				if (helper)
+					p->helpers_waiting--;
+				if (rc == ETIMEDOUT && ag_now_ns() >= end)
 					break;
 			}
 		}
