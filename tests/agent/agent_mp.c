@@ -1,18 +1,10 @@
 /* Multi-process tests of the autograd core: N forked workers open agents and run one scenario. */
 #include <errno.h>
-#include <getopt.h>
-#include <glob.h>
-#include <netinet/in.h>
-#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
-#include <unistd.h>
 
 #include "agent_mp.h"
 
@@ -27,68 +19,34 @@
  * not available here, 1 a failure (a check, a crash, the watchdog).
  */
 
-#define SKIP 77
-
 char am_node_key;
 
 /* ---- checks and helpers ---------------------------------------------------------------------- */
-
-static void vfail(struct am_worker *w, const char *file, int line, const char *fmt, va_list ap)
-{
-	char msg[2048];
-
-	vsnprintf(msg, sizeof(msg), fmt, ap);
-	fprintf(stderr, "rank %d: %s:%d: %s [phase: %s]\n", w->rank, file, line, msg,
-		w->board->phase[w->rank]);
-	atomic_store(&w->fail, 1);
-}
 
 void am_fail(struct am_worker *w, const char *file, int line, const char *fmt, ...)
 {
 	va_list ap;
 
 	va_start(ap, fmt);
-	vfail(w, file, line, fmt, ap);
+	mp_vreport(w->rank, w->board->phase[w->rank], file, line, fmt, ap);
 	va_end(ap);
+	atomic_store(&w->fail, 1);
 }
 
 void am_fail_rc(struct am_worker *w, const char *file, int line, int got, int want, const char *fmt,
 		...)
 {
-	char what[1024], last[1024];
 	va_list ap;
 
-	snprintf(last, sizeof(last), "%s", rdag_last_error());
 	va_start(ap, fmt);
-	vsnprintf(what, sizeof(what), fmt, ap);
+	mp_vreport_rc(w->rank, w->board->phase[w->rank], file, line, got, want, fmt, ap);
 	va_end(ap);
-	am_fail(w, file, line, "%s: returned %d (%s), expected %d (%s); last error: \"%s\"", what,
-		got, rdag_strerror(got), want, rdag_strerror(want), last);
-}
-
-uint64_t am_now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+	atomic_store(&w->fail, 1);
 }
 
 uint64_t am_deadline(struct am_worker *w, unsigned s)
 {
-	uint64_t dl = am_now_ns() + (uint64_t)s * 1000000000u;
-
-	return dl < w->deadline_ns ? dl : w->deadline_ns;
-}
-
-int am_wait_until(uint64_t dl)
-{
-	struct timespec ts = {0, 500000};
-
-	if (am_now_ns() >= dl)
-		return 0;
-	nanosleep(&ts, NULL);
-	return 1;
+	return mp_deadline(w->deadline_ns, s);
 }
 
 void am_phase(struct am_worker *w, const char *fmt, ...)
@@ -117,57 +75,6 @@ void am_put(struct am_worker *w, unsigned slot, uint64_t v)
 uint64_t am_get(struct am_worker *w, int rank, unsigned slot)
 {
 	return __atomic_load_n(&w->board->v[rank][slot], __ATOMIC_SEQ_CST);
-}
-
-static inline uint64_t pat(uint64_t seed, uint64_t i)
-{
-	uint64_t z = seed + i * 0x9E3779B97F4A7C15ull;
-
-	z ^= z >> 31;
-	z *= 0xBF58476D1CE4E5B9ull;
-	return z ^ (z >> 29);
-}
-
-void am_fill(void *p, size_t n, uint64_t seed)
-{
-	uint8_t *q = p;
-	size_t i, words = n / 8;
-
-	for (i = 0; i < words; i++) {
-		uint64_t v = pat(seed, i);
-
-		memcpy(q + 8 * i, &v, 8);
-	}
-	if (n % 8) {
-		uint64_t v = pat(seed, words);
-
-		memcpy(q + 8 * words, &v, n % 8);
-	}
-}
-
-uint64_t am_check(const void *p, size_t n, uint64_t seed)
-{
-	const uint8_t *q = p;
-	size_t i;
-
-	if (n && !p)
-		return 1;
-	for (i = 0; i < n; i += 8) {
-		uint64_t v = pat(seed, i / 8);
-		size_t k, len = n - i < 8 ? n - i : 8;
-
-		if (memcmp(q + i, &v, len) == 0)
-			continue;
-		for (k = 0; k < len; k++)
-			if (q[i + k] != ((const uint8_t *)&v)[k])
-				return 1 + i + k;
-	}
-	return 0;
-}
-
-uint64_t am_seed(uint64_t a, uint64_t b, uint64_t c)
-{
-	return (a << 48) ^ (b << 32) ^ (c * 0x9E3779B97F4A7C15ull) ^ 0x5bd1e995u;
 }
 
 void am_tensor_u8(struct rdag_tensor *t, void *buf, size_t n)
@@ -371,7 +278,7 @@ static void describe(struct am_tobs *d, const struct rdag_tensor *t, uint64_t se
 	size_t n = rdag_tensor_nbytes(t);
 
 	d->nbytes = n;
-	d->bad = am_check(t->data, n, seed);
+	d->bad = mp_check(t->data, n, seed);
 	d->node = (uint64_t)(uintptr_t)t->grad_fn.node;
 	d->input_nr = t->grad_fn.input_nr;
 	d->requires_grad = t->requires_grad;
@@ -392,7 +299,7 @@ static int ret_new(rdag_reply_t *out, bool grad, uint64_t seed)
 
 	if (!p)
 		return rdag_reply_error(out, RDAG_ENOMEM, "rdag_reply_alloc(32) failed");
-	am_fill(p, 32, seed ^ 0x7265u);
+	mp_fill(p, 32, seed ^ 0x7265u);
 	am_tensor_u8(&t, p, 32);
 	if (grad) {
 		t.requires_grad = true;
@@ -585,14 +492,14 @@ static int fn_make(void *arg, const struct rdag_caller *who, const struct rdag_m
 		return rdag_reply_error(out, RDAG_EINVAL, "make: %zu payload bytes",
 					in->payload_len);
 	memcpy(&mk, in->payload, sizeof(mk));
-	am_fill(payload, sizeof(payload), mk.seed);
+	mp_fill(payload, sizeof(payload), mk.seed);
 	rc = rdag_reply_payload(out, payload, sizeof(payload));
 	if (rc || mk.tensor_len == 0)
 		return rc;
 	p = rdag_reply_alloc(out, mk.tensor_len);
 	if (!p)
 		return rdag_reply_error(out, RDAG_ENOMEM, "make: no memory");
-	am_fill(p, mk.tensor_len, mk.seed + 1);
+	mp_fill(p, mk.tensor_len, mk.seed + 1);
 	am_tensor_u8(&t, p, mk.tensor_len);
 	return rdag_reply_tensor(out, &t);
 }
@@ -608,19 +515,16 @@ static int fn_prof(void *arg, const struct rdag_caller *who, const struct rdag_m
 	(void)who;
 	(void)in;
 	memset(&p, 0, sizeof(p));
-	p.t0 = am_now_ns();
-	am_fill(buf, sizeof(buf), p.t0);
-	p.t1 = am_now_ns() + (buf[17] & 1);
+	p.t0 = mp_now_ns();
+	mp_fill(buf, sizeof(buf), p.t0);
+	p.t1 = mp_now_ns() + (buf[17] & 1);
 	p.rc = rdag_prof_record("inner", p.t0, p.t1);
 	return rdag_reply_payload(out, &p, sizeof(p));
 }
 
 static int register_all(struct am_worker *w)
 {
-	static const struct {
-		const char *name;
-		rdag_fn fn;
-	} fns[] = {
+	static const struct mp_fn fns[] = {
 		{"f", fn_f},
 		{"echo", fn_echo},
 		{"count", fn_count},
@@ -629,15 +533,11 @@ static int register_all(struct am_worker *w)
 		{"make", fn_make},
 		{"prof_fn", fn_prof},
 	};
+	const char *name = NULL;
+	int rc = mp_register(w->a, fns, sizeof(fns) / sizeof(fns[0]), w, &name);
 
-	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
-		int rc = rdag_register(w->a, fns[i].name, fns[i].fn, w);
-
-		CHECK_RC(w, rc, 0, "rdag_register(%s)", fns[i].name);
-		if (rc)
-			return rc;
-	}
-	return 0;
+	CHECK_RC(w, rc, 0, "rdag_register(%s)", name);
+	return rc;
 }
 
 /* ---- the harness ----------------------------------------------------------------------------- */
@@ -665,12 +565,9 @@ static const struct {
 	{"manual", sc_manual, 2},
 };
 
-static int worker(const struct am_cfg *cfg, int rank, int lfd, int port, struct am_board *board,
-		  void (*fn)(struct am_worker *w))
+static int worker(const struct mp_cfg *cfg, void *board, int rank, int lfd, int port, int ready_fd)
 {
-	struct rdag_agent_opts o;
 	struct am_worker *w;
-	char token[64];
 	int rc, ret;
 
 	w = calloc(1, sizeof(*w));
@@ -682,43 +579,20 @@ static int worker(const struct am_cfg *cfg, int rank, int lfd, int port, struct 
 	w->world = cfg->n;
 	w->cfg = cfg;
 	w->board = board;
-	w->deadline_ns = am_now_ns() +
-			 (uint64_t)(cfg->timeout_s > 20 ? cfg->timeout_s - 10 : cfg->timeout_s) *
-				 1000000000u;
+	w->deadline_ns = mp_worker_deadline(cfg->timeout_s, 10);
 	pthread_mutex_init(&w->lock, NULL);
 	pthread_cond_init(&w->cond, NULL);
-	if (cfg->prov) {
-		setenv("RDAG_FABRIC", "ofi", 1);
-		setenv("RDAG_OFI_PROVIDER", cfg->prov, 1);
-	}
-	unsetenv("RDAG_WORKER_NAME"); /* scenario workers checks the default names */
+	mp_use_provider(cfg->prov);
 	am_phase(w, "rdag_agent_open");
-	rdag_agent_opts_init(&o);
-	o.rank = rank;
-	o.world_size = cfg->n;
-	o.name = NULL;
-	o.master_addr = "127.0.0.1";
-	o.master_port = port;
-	snprintf(token, sizeof(token), "agent-test-%d", (int)getppid());
-	o.job_token = token;
-	o.listen_fd = rank == 0 ? lfd : -1;
-	if (rank != 0)
-		close(lfd);
-	o.progress =
-		strcmp(cfg->scenario, "manual") == 0 ? RDAG_PROGRESS_MANUAL : RDAG_PROGRESS_THREAD;
-	o.threads = 4; /* nested calls need a free handler thread on every hop */
-	o.local_only = 1;
-	rc = rdag_agent_open(&o, &w->a);
-	if (rc) {
-		fprintf(stderr, "rank %d: rdag_agent_open: %s: %s\n", rank, rdag_strerror(rc),
-			rdag_last_error());
-		ret = rc == RDAG_ENODEV || rc == RDAG_ENOSYS ? SKIP : 1;
+	ret = mp_agent_open(&w->a, "agent-test", rank, cfg->n, lfd, port,
+			    strcmp(cfg->scenario, "manual") == 0 ? RDAG_PROGRESS_MANUAL
+								 : RDAG_PROGRESS_THREAD);
+	if (ret)
 		goto out;
-	}
 	if (register_all(w) == 0) {
 		am_barrier(w, "start");
 		am_phase(w, "scenario %s", cfg->scenario);
-		fn(w);
+		scenarios[cfg->index].fn(w);
 		am_barrier(w, "end");
 		am_phase(w, "final checks");
 		CHECK(w, rdag_ctx_count(w->a) == 0, "%zu contexts left at the end",
@@ -731,8 +605,7 @@ static int worker(const struct am_cfg *cfg, int rank, int lfd, int port, struct 
 	CHECK_RC(w, rc, 0, "rdag_agent_close");
 	ret = atomic_load(&w->fail) ? 1 : 0;
 	if (!ret && rank == 0)
-		printf("%s: %d workers on %s: passed\n", cfg->scenario, cfg->n,
-		       cfg->prov ? cfg->prov : "the environment's fabric");
+		mp_passed(cfg);
 out:
 	pthread_cond_destroy(&w->cond);
 	pthread_mutex_destroy(&w->lock);
@@ -740,170 +613,19 @@ out:
 	return ret;
 }
 
-/*
- * libfabric's shm provider names a process's shared-memory region after its pid
- * (/dev/shm/<pid>:<n>:<n>) and removes it when the endpoint closes. A process killed (by the
- * watchdog or a crash) leaves it behind, and a later process reusing the pid fails in fi_enable.
- */
-static void forget_shm(pid_t pid)
-{
-	char pattern[64];
-	glob_t g;
-
-	snprintf(pattern, sizeof(pattern), "/dev/shm/%d:*", (int)pid);
-	if (glob(pattern, 0, NULL, &g) == 0) {
-		for (size_t i = 0; i < g.gl_pathc; i++)
-			unlink(g.gl_pathv[i]);
-		globfree(&g);
-	}
-}
-
-static int listen_any(int *port)
-{
-	struct sockaddr_in sa;
-	socklen_t sl = sizeof(sa);
-	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-
-	if (fd < 0)
-		return -1;
-	memset(&sa, 0, sizeof(sa));
-	sa.sin_family = AF_INET;
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) || listen(fd, 64) ||
-	    getsockname(fd, (struct sockaddr *)&sa, &sl)) {
-		close(fd);
-		return -1;
-	}
-	*port = ntohs(sa.sin_port);
-	return fd;
-}
-
-static void usage(const char *argv0)
-{
-	fprintf(stderr,
-		"usage: %s [-n 1..%d] [-t seconds] [-p shm|tcp_rxm|provider] scenario\nscenarios:",
-		argv0, AM_MAXW);
-	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++)
-		fprintf(stderr, " %s", scenarios[i].name);
-	fprintf(stderr, "\n");
-}
-
 int main(int argc, char **argv)
 {
-	struct am_cfg cfg = {.n = 2, .timeout_s = 120};
-	void (*fn)(struct am_worker * w) = NULL;
-	pid_t pids[AM_MAXW];
-	int status[AM_MAXW], done[AM_MAXW];
-	int lfd, port, c, nleft, ret = 0, skipped = 0, min_n = 1;
 	struct am_board *board;
-	uint64_t deadline;
+	struct mp_cfg cfg;
 
-	while ((c = getopt(argc, argv, "n:t:p:")) != -1) {
-		switch (c) {
-		case 'n': cfg.n = atoi(optarg); break;
-		case 't': cfg.timeout_s = atoi(optarg); break;
-		case 'p':
-			/* "tcp_rxm" spells "tcp;ofi_rxm" without a ';' for CMake and shells. */
-			cfg.prov = strcmp(optarg, "tcp_rxm") == 0 ? "tcp;ofi_rxm" : optarg;
-			break;
-		default: usage(argv[0]); return 2;
-		}
-	}
-	if (optind >= argc || cfg.n < 1 || cfg.n > AM_MAXW || cfg.timeout_s < 1) {
-		usage(argv[0]);
+	if (mp_select(argc, argv, AM_MAXW, MP_TABLE(scenarios), &cfg))
 		return 2;
-	}
-	cfg.scenario = argv[optind];
-	for (size_t i = 0; i < sizeof(scenarios) / sizeof(scenarios[0]); i++) {
-		if (strcmp(scenarios[i].name, cfg.scenario) == 0) {
-			fn = scenarios[i].fn;
-			min_n = scenarios[i].min_n;
-		}
-	}
-	if (!fn) {
-		fprintf(stderr, "%s: unknown scenario '%s'\n", argv[0], cfg.scenario);
-		usage(argv[0]);
-		return 2;
-	}
-	if (cfg.n < min_n) {
-		fprintf(stderr, "%s: scenario %s needs at least %d workers\n", argv[0],
-			cfg.scenario, min_n);
-		return 2;
-	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	board = mmap(NULL, sizeof(*board), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1,
-		     0);
-	if (board == MAP_FAILED) {
+	board = mp_shared_map(sizeof(*board));
+	if (!board) {
 		perror("agent_mp: mmap");
 		return 1;
 	}
-	memset(board, 0, sizeof(*board));
-	lfd = listen_any(&port);
-	if (lfd < 0) {
-		perror("agent_mp: listen");
-		return 1;
-	}
-	for (int r = 0; r < cfg.n; r++) {
-		pids[r] = fork();
-		if (pids[r] < 0) {
-			perror("fork");
-			for (int k = 0; k < r; k++)
-				kill(pids[k], SIGKILL);
-			return 1;
-		}
-		if (pids[r] == 0)
-			exit(worker(&cfg, r, lfd, port, board, fn)); /* exit: LeakSanitizer runs */
-		done[r] = 0;
-	}
-	close(lfd);
-	deadline = am_now_ns() + (uint64_t)cfg.timeout_s * 1000000000u;
-	nleft = cfg.n;
-	while (nleft) {
-		struct timespec ts = {0, 10000000};
-
-		nanosleep(&ts, NULL);
-		for (int r = 0; r < cfg.n; r++) {
-			if (done[r] || waitpid(pids[r], &status[r], WNOHANG) != pids[r])
-				continue;
-			done[r] = 1;
-			nleft--;
-		}
-		if (nleft && am_now_ns() > deadline) {
-			fprintf(stderr,
-				"agent_mp: watchdog: %s still running after %d s; killing\n",
-				cfg.scenario, cfg.timeout_s);
-			for (int r = 0; r < cfg.n; r++) {
-				if (done[r])
-					continue;
-				fprintf(stderr, "agent_mp:   rank %d, in phase '%.127s'\n", r,
-					board->phase[r]);
-				kill(pids[r], SIGKILL);
-				waitpid(pids[r], &status[r], 0);
-				forget_shm(pids[r]);
-				done[r] = 1;
-			}
-			return 1;
-		}
-	}
-	for (int r = 0; r < cfg.n; r++) {
-		int st = status[r];
-
-		if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
-			continue;
-		if (WIFEXITED(st) && WEXITSTATUS(st) == SKIP) {
-			skipped++;
-			continue;
-		}
-		if (WIFSIGNALED(st))
-			forget_shm(pids[r]);
-		fprintf(stderr, "agent_mp: rank %d %s %d (phase '%.127s')\n", r,
-			WIFEXITED(st) ? "exited with" : "killed by signal",
-			WIFEXITED(st) ? WEXITSTATUS(st) : WTERMSIG(st), board->phase[r]);
-		ret = 1;
-	}
-	if (!ret && skipped) {
-		printf("%s: skipped: the fabric is not available here\n", cfg.scenario);
-		return SKIP;
-	}
-	return ret;
+	return mp_run(&(struct mp_run){.cfg = &cfg, .prog = "agent_mp", .worker = worker, .arg = board,
+				       .phase = board->phase});
 }

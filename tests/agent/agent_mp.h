@@ -10,6 +10,7 @@
 #include <rdag/rdag.h>
 
 #include "agent/agent_test.h"
+#include "mp_common.h"
 
 #define AM_MAXW 8
 #define AM_MASK48 0xffffffffffffull
@@ -30,15 +31,8 @@ static inline uint64_t am_low(uint64_t id)
 
 /* Shared by the parent and every worker (an anonymous shared mapping). */
 struct am_board {
-	uint64_t v[AM_MAXW][32]; /* what a worker publishes for the others (read after a barrier) */
-	char phase[AM_MAXW][128]; /* what each worker is doing, for the watchdog's message */
-};
-
-struct am_cfg {
-	int n;            /* workers */
-	int timeout_s;    /* watchdog */
-	const char *prov; /* libfabric provider, or NULL: RDAG_FABRIC / RDAG_OFI_PROVIDER as set */
-	const char *scenario;
+	uint64_t v[AM_MAXW][32];           /* what a worker publishes for the others (read after a barrier) */
+	char phase[AM_MAXW][MP_PHASE_LEN]; /* what each worker is doing, for the watchdog's message */
 };
 
 /* ---- the protocol of the served functions (same binary on both sides) ------------------------ */
@@ -65,7 +59,7 @@ struct am_ctl {
 	uint32_t fail_at; /* 1 + the hop (0: first callee) failing with "bad thing 7"; 0: none */
 	uint32_t flags;   /* rdag_call_opts.flags of the forwarded calls */
 	uint32_t opts;    /* AM_TRY_CREATE */
-	uint64_t seed;    /* received tensor i must hold am_fill(.., seed + i) */
+	uint64_t seed;    /* received tensor i must hold mp_fill(.., seed + i) */
 };
 
 /* One received tensor as the function saw it. */
@@ -122,7 +116,7 @@ extern char am_node_key; /* the graph node of AM_RET_NODE results */
 
 struct am_worker {
 	int rank, world;
-	const struct am_cfg *cfg;
+	const struct mp_cfg *cfg;
 	struct am_board *board;
 	rdag_agent_t *a;
 	atomic_int fail;
@@ -155,11 +149,9 @@ void am_fail_rc(struct am_worker *w, const char *file, int line, int got, int wa
 			am_fail_rc((w), __FILE__, __LINE__, am_rc_, am_want_, __VA_ARGS__);        \
 	} while (0)
 
-uint64_t am_now_ns(void);
+/* Time, byte patterns and the harness: tests/common/mp_common.h. */
 /* A deadline s seconds from now, never past the worker's. */
 uint64_t am_deadline(struct am_worker *w, unsigned s);
-/* 1 while now < dl; 0 once it has passed. Pauses ~0.5 ms per call (for polls of a condition). */
-int am_wait_until(uint64_t dl);
 
 /* What the worker is doing now (shown by the watchdog). */
 void am_phase(struct am_worker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -169,11 +161,6 @@ void am_barrier(struct am_worker *w, const char *what);
 /* Values shared through the board: set mine, read anyone's (after a barrier). */
 void am_put(struct am_worker *w, unsigned slot, uint64_t v);
 uint64_t am_get(struct am_worker *w, int rank, unsigned slot);
-
-/* Deterministic pattern per seed; am_check returns 0 or 1 + the first bad offset. */
-void am_fill(void *p, size_t n, uint64_t seed);
-uint64_t am_check(const void *p, size_t n, uint64_t seed);
-uint64_t am_seed(uint64_t a, uint64_t b, uint64_t c);
 
 /* A CPU U8 tensor of n bytes over buf, not requiring grad. */
 void am_tensor_u8(struct rdag_tensor *t, void *buf, size_t n);

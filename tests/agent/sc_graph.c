@@ -177,9 +177,75 @@ static void settled(struct am_worker *w, uint64_t ctx, const char *what)
 /* A 1-D U8 leaf of n bytes of pattern seed + idx, under key. */
 static void leaf(struct rdag_tensor *t, void *buf, size_t n, uint64_t seed, void *key)
 {
-	am_fill(buf, n, seed);
+	mp_fill(buf, n, seed);
 	am_tensor_u8(t, buf, n);
 	am_leaf(t, key);
+}
+
+/*
+ * A new context *c (published in this worker's board slot) and in it a call of "f" with x along
+ * path[0..n) (to path[0], which forwards to path[1], ...), returning ret. Checks that it succeeds
+ * ("call <me> -> <path[0]> -> ..."); returns its status.
+ */
+static int call_path(struct am_worker *w, unsigned slot, uint64_t *c, const struct rdag_tensor *x,
+		     enum am_ret ret, uint64_t seed, const uint16_t *path, unsigned n,
+		     struct am_res *res)
+{
+	struct am_ctl ctl;
+	char what[64];
+	size_t len;
+	int rc;
+
+	*c = new_ctx(w);
+	am_put(w, slot, *c);
+	am_ctl_init(&ctl, ret, seed);
+	ctl.nhops = n - 1;
+	len = (size_t)snprintf(what, sizeof(what), "call %d -> %u", w->rank, path[0]);
+	for (unsigned i = 1; i < n; i++) {
+		ctl.hops[i - 1] = path[i];
+		if (len < sizeof(what))
+			len += (size_t)snprintf(what + len, sizeof(what) - len, " -> %u", path[i]);
+	}
+	rc = am_call(w, path[0], &ctl, x, 1, 0, res);
+	CHECK_RC(w, rc, 0, "%s", what);
+	return rc;
+}
+
+/*
+ * Worker 0's call 0 -> 1 -> hop of x (a leaf of nbytes, pattern seed) in a new context (slot 0),
+ * and what every such call shows: one send function (to 1, *m1 its message id), two hops, the
+ * first one's view. Returns the call's status.
+ */
+static int call_via_1(struct am_worker *w, uint16_t hop, const struct rdag_tensor *x, size_t nbytes,
+		      uint64_t seed, uint64_t *c, uint64_t *m1, struct am_res *res)
+{
+	struct rdag_fn_info fi[AM_MAXFNS];
+	int rc = call_path(w, 0, c, x, AM_RET_NOGRAD, seed, (const uint16_t[]){1, hop}, 2, res);
+
+	CHECK_FNS(w, *c, 1, 1, 1, 1, fi);
+	*m1 = fi[0].msg_id;
+	if (rc == 0) {
+		CHECK(w, res->nobs == 2, "%u hops reported", res->nobs);
+		CHECK_OBS(w, res, 0, 1, 0, 1, *c);
+		CHECK_TOBS(w, res, 0, 0, nbytes, 1, *m1);
+	}
+	return rc;
+}
+
+/* The end of a scenario on ctx: checked, released by its creator (then gone everywhere), none left. */
+static void release_from(struct am_worker *w, int creator, uint64_t ctx, const char *name)
+{
+	char what[64];
+
+	snprintf(what, sizeof(what), "%s: checked", name);
+	am_barrier(w, what);
+	if (w->rank == creator) {
+		release_ctx(w, ctx);
+		check_gone(w, ctx);
+	}
+	snprintf(what, sizeof(what), "%s: released", name);
+	am_barrier(w, what);
+	check_none_here(w, ctx);
 }
 
 /* ---- ids ------------------------------------------------------------------------------------- */
@@ -223,7 +289,7 @@ void sc_ids(struct am_worker *w)
 	am_barrier(w, "ids: contexts");
 
 	/* Message ids: a counter of their own, in turns so that only the caller's counter moves. */
-	am_fill(buf, sizeof(buf), 11);
+	mp_fill(buf, sizeof(buf), 11);
 	am_tensor_u8(&x, buf, sizeof(buf));
 	am_leaf(&x, &key);
 	for (int t = 0; t < w->world; t++) {
@@ -529,7 +595,7 @@ void sc_plain_call(struct am_worker *w)
 				      r->grad_kind);
 				CHECK(w,
 				      rdag_tensor_nbytes(r) == 32 &&
-					      !am_check(r->data, 32, 21 ^ 0x7265u),
+					      !mp_check(r->data, 32, 21 ^ 0x7265u),
 				      "result bytes differ");
 			}
 			am_put(w, 1, fi[0].msg_id);
@@ -636,12 +702,12 @@ void sc_return_tensor(struct am_worker *w)
 			if (i == 0)
 				CHECK(w,
 				      rdag_tensor_nbytes(t) == sizeof(buf) &&
-					      !am_check(t->data, sizeof(buf), 31),
+					      !mp_check(t->data, sizeof(buf), 31),
 				      "returned input differs");
 			else
 				CHECK(w,
 				      rdag_tensor_nbytes(t) == 32 &&
-					      !am_check(t->data, 32, 31 ^ 0x7265u),
+					      !mp_check(t->data, 32, 31 ^ 0x7265u),
 				      "returned new tensor differs");
 			am_res_free(&res);
 		}
@@ -706,28 +772,14 @@ void sc_chain3(struct am_worker *w)
 	struct rdag_fn_info fi[AM_MAXFNS];
 	static uint8_t buf[512];
 	struct rdag_tensor x;
-	struct am_ctl ctl;
 	struct am_res res;
 	uint64_t c = 0, m1 = 0, m2 = 0;
 	char key;
-	int rc;
 
 	if (w->rank == 0) {
 		am_phase(w, "chain3: call");
-		c = new_ctx(w);
-		am_put(w, 0, c);
 		leaf(&x, buf, sizeof(buf), 41, &key);
-		am_ctl_init(&ctl, AM_RET_NOGRAD, 41);
-		ctl.nhops = 1;
-		ctl.hops[0] = 2;
-		rc = am_call(w, 1, &ctl, &x, 1, 0, &res);
-		CHECK_RC(w, rc, 0, "call 0 -> 1 -> 2");
-		CHECK_FNS(w, c, 1, 1, 1, 1, fi);
-		m1 = fi[0].msg_id;
-		if (rc == 0) {
-			CHECK(w, res.nobs == 2, "%u hops reported", res.nobs);
-			CHECK_OBS(w, &res, 0, 1, 0, 1, c);
-			CHECK_TOBS(w, &res, 0, 0, sizeof(buf), 1, m1);
+		if (call_via_1(w, 2, &x, sizeof(buf), 41, &c, &m1, &res) == 0) {
 			CHECK_RC(w, res.obs[0].nested_rc, 0, "the forwarded call on 1");
 			CHECK_OBS(w, &res, 1, 2, 1, 1, c);
 			if (res.nobs == 2) {
@@ -779,13 +831,7 @@ void sc_chain3(struct am_worker *w)
 		CHECK_RC(w, rdag_ctx_lookup(w->a, c), RDAG_ENOENT,
 			 "an uninvolved worker holds the context");
 	}
-	am_barrier(w, "chain3: checked");
-	if (w->rank == 0) {
-		release_ctx(w, c);
-		check_gone(w, c);
-	}
-	am_barrier(w, "chain3: released");
-	check_none_here(w, c);
+	release_from(w, 0, c, "chain3");
 }
 
 /* ---- self_call ------------------------------------------------------------------------------- */
@@ -837,7 +883,7 @@ void sc_self_call(struct am_worker *w)
 		      res.m.ntensors ? t->grad_kind : 0);
 		if (res.m.ntensors == 1 && t->grad_kind == RDAG_GRAD_RECV && t->grad_fn.node) {
 			r = rdag_recv_fn_msg_id(t->grad_fn.node);
-			CHECK(w, !am_check(t->data, sizeof(buf), 51 + me), "returned bytes differ");
+			CHECK(w, !mp_check(t->data, sizeof(buf), 51 + me), "returned bytes differ");
 		}
 	}
 	am_res_free(&res);
@@ -878,28 +924,14 @@ void sc_ping_back(struct am_worker *w)
 	struct rdag_fn_info fi[AM_MAXFNS];
 	static uint8_t buf[300];
 	struct rdag_tensor x;
-	struct am_ctl ctl;
 	struct am_res res;
 	uint64_t c = 0, m1 = 0, m2 = 0;
 	char key;
-	int rc;
 
 	if (w->rank == 0) {
 		am_phase(w, "ping_back: call");
-		c = new_ctx(w);
-		am_put(w, 0, c);
 		leaf(&x, buf, sizeof(buf), 61, &key);
-		am_ctl_init(&ctl, AM_RET_NOGRAD, 61);
-		ctl.nhops = 1;
-		ctl.hops[0] = 0;
-		rc = am_call(w, 1, &ctl, &x, 1, 0, &res);
-		CHECK_RC(w, rc, 0, "call 0 -> 1 -> 0");
-		CHECK_FNS(w, c, 1, 1, 1, 1, fi);
-		m1 = fi[0].msg_id;
-		if (rc == 0) {
-			CHECK(w, res.nobs == 2, "%u hops reported", res.nobs);
-			CHECK_OBS(w, &res, 0, 1, 0, 1, c);
-			CHECK_TOBS(w, &res, 0, 0, sizeof(buf), 1, m1);
+		if (call_via_1(w, 0, &x, sizeof(buf), 61, &c, &m1, &res) == 0) {
 			CHECK_OBS(w, &res, 1, 0, 1, 1, c);
 			m2 = res.nobs == 2 ? res.obs[1].t[0].msg_id : 0;
 			CHECK_TOBS(w, &res, 1, 0, sizeof(buf), 1, m2);
@@ -935,13 +967,7 @@ void sc_ping_back(struct am_worker *w)
 		CHECK_EDGE1(w, c, m2, RDAG_GRAD_RECV, (void *)(uintptr_t)o.t[0].node, 0);
 		CHECK_KNOWN(w, c, 1u << 0);
 	}
-	am_barrier(w, "ping_back: checked");
-	if (w->rank == 0) {
-		release_ctx(w, c);
-		check_gone(w, c);
-	}
-	am_barrier(w, "ping_back: released");
-	check_none_here(w, c);
+	release_from(w, 0, c, "ping_back");
 }
 
 /* ---- no_grad --------------------------------------------------------------------------------- */
@@ -960,7 +986,7 @@ void sc_no_grad(struct am_worker *w)
 	/* In a context, no grad: no functions, but the callee joins (forced recording). */
 	if (w->rank == 0) {
 		am_phase(w, "no_grad: forced");
-		am_fill(ybuf, sizeof(ybuf), 71);
+		mp_fill(ybuf, sizeof(ybuf), 71);
 		am_tensor_u8(&y, ybuf, sizeof(ybuf));
 		c1 = new_ctx(w);
 		am_put(w, 0, c1);
@@ -1101,7 +1127,7 @@ void sc_ten_tensors(struct am_worker *w)
 				CHECK(w, 0, "out of memory");
 				goto out;
 			}
-			am_fill(bufs[i], ten[i].nbytes, 81 + i);
+			mp_fill(bufs[i], ten[i].nbytes, 81 + i);
 			rdag_tensor_init(&t[i], bufs[i], ten[i].dtype, ten[i].ndim, shape);
 			CHECK(w, rdag_tensor_nbytes(&t[i]) == ten[i].nbytes, "tensor %u: %zu bytes",
 			      i, rdag_tensor_nbytes(&t[i]));
@@ -1168,7 +1194,7 @@ void sc_ten_tensors(struct am_worker *w)
 			for (unsigned i = 0; i < res.m.ntensors && i < 10; i++) {
 				const struct rdag_tensor *q = &res.m.tensors[i];
 				size_t nb = rdag_tensor_nbytes(q);
-				uint64_t bad = am_check(q->data, nb, 81 + i);
+				uint64_t bad = mp_check(q->data, nb, 81 + i);
 
 				CHECK(w, nb == ten[i].nbytes && !bad,
 				      "echoed tensor %u: %zu bytes, first bad byte %lld", i, nb,
@@ -1256,7 +1282,7 @@ void sc_cleanup(struct am_worker *w)
 	int rc;
 
 	leaf(&x, buf, 1024, 91, &key);
-	am_fill(buf + 1024, 1024, 92);
+	mp_fill(buf + 1024, 1024, 92);
 	am_tensor_u8(&y, buf + 1024, 1024);
 
 	/* 1. No tensors: the callee joins through forced recording, is cleaned by the release. */
@@ -1314,14 +1340,7 @@ void sc_cleanup(struct am_worker *w)
 	/* 3. The chain 0 -> 1 -> 2 -> 3, each hop forwarding in its function. */
 	if (w->rank == 0) {
 		am_phase(w, "cleanup 3: chain");
-		c = new_ctx(w);
-		am_put(w, 2, c);
-		am_ctl_init(&ctl, AM_RET_NOGRAD, 91);
-		ctl.nhops = 2;
-		ctl.hops[0] = 2;
-		ctl.hops[1] = 3;
-		rc = am_call(w, 1, &ctl, &x, 1, 0, &res);
-		CHECK_RC(w, rc, 0, "call 0 -> 1 -> 2 -> 3");
+		rc = call_path(w, 2, &c, &x, AM_RET_NOGRAD, 91, (const uint16_t[]){1, 2, 3}, 3, &res);
 		if (rc == 0) {
 			CHECK(w, res.nobs == 3, "%u hops reported", res.nobs);
 			CHECK_OBS(w, &res, 0, 1, 0, 1, c);
@@ -1353,13 +1372,7 @@ void sc_cleanup(struct am_worker *w)
 	/* 4. A context 1 creates and spreads by its own calls (1 -> 2 -> 3). */
 	if (w->rank == 1) {
 		am_phase(w, "cleanup 4: from 1");
-		c = new_ctx(w);
-		am_put(w, 3, c);
-		am_ctl_init(&ctl, AM_RET_INPUT, 91);
-		ctl.nhops = 1;
-		ctl.hops[0] = 3;
-		rc = am_call(w, 2, &ctl, &x, 1, 0, &res);
-		CHECK_RC(w, rc, 0, "call 1 -> 2 -> 3");
+		call_path(w, 3, &c, &x, AM_RET_INPUT, 91, (const uint16_t[]){2, 3}, 2, &res);
 		am_res_free(&res);
 		CHECK_KNOWN(w, c, 1u << 2);
 		release_ctx(w, c);
@@ -1371,13 +1384,7 @@ void sc_cleanup(struct am_worker *w)
 	/* 5. Released by a worker that only joined it: 0 -> 1 -> 2, then 2 releases. */
 	if (w->rank == 0) {
 		am_phase(w, "cleanup 5: chain");
-		c = new_ctx(w);
-		am_put(w, 4, c);
-		am_ctl_init(&ctl, AM_RET_NOGRAD, 91);
-		ctl.nhops = 1;
-		ctl.hops[0] = 2;
-		rc = am_call(w, 1, &ctl, &x, 1, 0, &res);
-		CHECK_RC(w, rc, 0, "call 0 -> 1 -> 2");
+		call_path(w, 4, &c, &x, AM_RET_NOGRAD, 91, (const uint16_t[]){1, 2}, 2, &res);
 		am_res_free(&res);
 		CHECK_RC(w, rdag_ctx_set_current(w->a, 0, 0), 0, "clearing the current context");
 	}

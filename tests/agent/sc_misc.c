@@ -168,12 +168,12 @@ static void check_fetch(struct am_worker *w, const struct rdag_rref *r, uint64_t
 	if (rc == 0) {
 		CHECK(w,
 		      m.payload_len == AM_MAKE_PAYLOAD &&
-			      !am_check(m.payload, AM_MAKE_PAYLOAD, seed),
+			      !mp_check(m.payload, AM_MAKE_PAYLOAD, seed),
 		      "fetched payload: %zu bytes or contents differ", m.payload_len);
 		CHECK(w, m.ntensors == 1, "fetched %u tensors", m.ntensors);
 		if (m.ntensors == 1) {
 			size_t nb = rdag_tensor_nbytes(&m.tensors[0]);
-			uint64_t bad = am_check(m.tensors[0].data, nb, seed + 1);
+			uint64_t bad = mp_check(m.tensors[0].data, nb, seed + 1);
 
 			CHECK(w, nb == tlen && !bad,
 			      "fetched tensor: %zu bytes (expected %zu), first bad byte %lld", nb,
@@ -186,7 +186,7 @@ static void check_fetch(struct am_worker *w, const struct rdag_rref *r, uint64_t
 void sc_rref(struct am_worker *w)
 {
 	uint32_t next = (uint32_t)((w->rank + 1) % w->world), me = (uint32_t)w->rank;
-	struct am_make mk1 = {am_seed(me, next, 1), 100000}, mk2 = {am_seed(me, me, 2), 5000};
+	struct am_make mk1 = {mp_seed(me, next, 1), 100000}, mk2 = {mp_seed(me, me, 2), 5000};
 	struct rdag_msg a1 = {.payload = &mk1, .payload_len = sizeof(mk1)};
 	struct rdag_msg a2 = {.payload = &mk2, .payload_len = sizeof(mk2)};
 	struct rdag_rref r1 = {0, 0}, r2 = {0, 0}, r3 = {0, 0};
@@ -239,7 +239,7 @@ void sc_rref(struct am_worker *w)
 	{
 		uint64_t dl = am_deadline(w, 30);
 
-		while (rdag_rref_count(w->a) != 0 && am_wait_until(dl))
+		while (rdag_rref_count(w->a) != 0 && mp_wait_until(dl))
 			;
 		CHECK(w, rdag_rref_count(w->a) == 0, "%zu RRefs owned 30 s after every release",
 		      rdag_rref_count(w->a));
@@ -397,7 +397,7 @@ static void wait_count(struct am_worker *w, struct cb_state *s, int n, const cha
 {
 	uint64_t dl = am_deadline(w, 30);
 
-	while (atomic_load(&s->count) < n && am_wait_until(dl))
+	while (atomic_load(&s->count) < n && mp_wait_until(dl))
 		;
 	CHECK(w, atomic_load(&s->count) == n, "%s: %d callbacks, expected %d", what,
 	      atomic_load(&s->count), n);
@@ -517,7 +517,7 @@ void sc_future(struct am_worker *w)
 			struct rdag_msg a = {0};
 
 			c->dst = dst;
-			c->seed = am_seed((uint64_t)w->rank, (uint64_t)dst, (uint64_t)i);
+			c->seed = mp_seed((uint64_t)w->rank, (uint64_t)dst, (uint64_t)i);
 			c->plen = 16 + (size_t)(i * 37) % 1000;
 			c->tlen = sizes[i % 4];
 			c->payload = malloc(c->plen);
@@ -526,11 +526,11 @@ void sc_future(struct am_worker *w)
 				CHECK(w, 0, "out of memory");
 				break;
 			}
-			am_fill(c->payload, c->plen, c->seed);
+			mp_fill(c->payload, c->plen, c->seed);
 			a.payload = c->payload;
 			a.payload_len = c->plen;
 			if (c->tlen) {
-				am_fill(c->data, c->tlen, c->seed + 1);
+				mp_fill(c->data, c->tlen, c->seed + 1);
 				am_tensor_u8(&c->t, c->data, c->tlen);
 				a.tensors = &c->t;
 				a.ntensors = 1;
@@ -548,7 +548,7 @@ void sc_future(struct am_worker *w)
 	dl = am_deadline(w, 90);
 	for (int i = 0; i < total; i++) {
 		struct fcall *c = &calls[i];
-		uint64_t now = am_now_ns();
+		uint64_t now = mp_now_ns();
 
 		if (!c->f)
 			continue;
@@ -570,14 +570,14 @@ void sc_future(struct am_worker *w)
 		}
 		CHECK_RC(w, rc, 0, "wait of concurrent call %d", i);
 		if (rc == 0 && rdag_future_result(c->f, &m) == 0) {
-			CHECK(w, m.payload_len == c->plen && !am_check(m.payload, c->plen, c->seed),
+			CHECK(w, m.payload_len == c->plen && !mp_check(m.payload, c->plen, c->seed),
 			      "call %d: payload of %zu bytes (sent %zu) or its contents differ", i,
 			      m.payload_len, c->plen);
 			CHECK(w, m.ntensors == (c->tlen ? 1u : 0u), "call %d: %u tensors", i,
 			      m.ntensors);
 			if (c->tlen && m.ntensors == 1) {
 				size_t nb = rdag_tensor_nbytes(&m.tensors[0]);
-				uint64_t bad = am_check(m.tensors[0].data, nb, c->seed + 1);
+				uint64_t bad = mp_check(m.tensors[0].data, nb, c->seed + 1);
 
 				CHECK(w, nb == c->tlen && !bad,
 				      "call %d: tensor of %zu bytes (sent %zu), first bad byte "
@@ -642,7 +642,7 @@ static void serve(struct am_worker *w, unsigned n, const char *what)
 	int rc = 0;
 
 	am_phase(w, "manual: serving (%s)", what);
-	while (atomic_load(&w->replies_sent) < n && am_now_ns() < dl) {
+	while (atomic_load(&w->replies_sent) < n && mp_now_ns() < dl) {
 		rc = rdag_agent_progress(w->a, 10);
 		if (rc < 0)
 			break;
@@ -701,8 +701,8 @@ void sc_manual(struct am_worker *w)
 
 	/* 1. Every worker calls the next (its wait drives progress), then serves the previous. */
 	am_phase(w, "manual: plain call");
-	am_fill(big, 4u << 20, 101);
-	am_fill(small, sizeof(small), 102);
+	mp_fill(big, 4u << 20, 101);
+	mp_fill(small, sizeof(small), 102);
 	am_tensor_u8(&t[0], big, 4u << 20);
 	am_tensor_u8(&t[1], small, sizeof(small));
 	am_ctl_init(&ctl, AM_RET_NOGRAD, 101);
@@ -760,7 +760,7 @@ void sc_manual(struct am_worker *w)
 		rc = rdag_rpc_async(w->a, peer, "f", &args, NULL, &f);
 		CHECK_RC(w, rc, 0, "rdag_rpc_async in manual mode");
 		if (rc == 0) {
-			while ((rc = rdag_future_test(f)) == RDAG_EAGAIN && am_now_ns() < dl) {
+			while ((rc = rdag_future_test(f)) == RDAG_EAGAIN && mp_now_ns() < dl) {
 				int prc = rdag_agent_progress(w->a, 10);
 
 				if (prc < 0) {

@@ -11,6 +11,7 @@
 #include <rdag/rdag.h>
 
 #include "agent/agent_test.h"
+#include "mp_common.h"
 
 #define BW_MAXW 8
 #define BW_MAXHOPS 8       /* RPC hops of one chain */
@@ -19,18 +20,9 @@
 
 /* Shared by the parent and every worker (an anonymous shared mapping). */
 struct bw_board {
-	uint64_t v[BW_MAXW][BW_SLOTS]; /* values a worker publishes (context ids, flags) */
-	char phase[BW_MAXW][128];      /* what each worker is doing, for the watchdog's message */
-	volatile uint64_t kill_ns;     /* kill: when the parent sent SIGKILL (CLOCK_MONOTONIC) */
-};
-
-struct bw_cfg {
-	int n;                     /* workers */
-	int timeout_s;             /* watchdog */
-	const char *prov;          /* libfabric provider, or NULL: RDAG_FABRIC / RDAG_OFI_PROVIDER as set */
-	const char *scenario;
-	int victim;                /* kill: the rank the parent kills (-1: none) */
-	bool no_end_barrier;       /* kill: a worker is dead at the end, so no collective barrier */
+	uint64_t v[BW_MAXW][BW_SLOTS];     /* values a worker publishes (context ids, flags) */
+	char phase[BW_MAXW][MP_PHASE_LEN]; /* what each worker is doing, for the watchdog's message */
+	volatile uint64_t kill_ns;         /* kill: when the parent sent SIGKILL (CLOCK_MONOTONIC) */
 };
 
 /* A weight: a leaf variable of this worker, persistent, shared by every context (explicit key). */
@@ -47,7 +39,7 @@ struct bw_node;
 
 struct bw_worker {
 	int rank, world;
-	const struct bw_cfg *cfg;
+	const struct mp_cfg *cfg;  /* victim: the rank the kill scenario kills (-1: none) */
 	struct bw_board *board;
 	rdag_agent_t *a;
 	rdag_graph_t *g;
@@ -87,11 +79,9 @@ static inline bool bw_failed(struct bw_worker *w)
 	return atomic_load(&w->fail) != 0;
 }
 
-uint64_t bw_now_ns(void);
+/* Time, byte patterns and the harness: tests/common/mp_common.h. */
 /* A deadline s seconds from now, never past the worker's. */
 uint64_t bw_deadline(struct bw_worker *w, unsigned s);
-/* 1 while now < dl; 0 once it has passed. Pauses ~0.5 ms per call (for polls of a condition). */
-int bw_wait_until(uint64_t dl);
 
 /* What the worker is doing now (shown by the watchdog and by failed checks). */
 void bw_phase(struct bw_worker *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));

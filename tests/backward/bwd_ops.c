@@ -134,12 +134,12 @@ void bw_weight_tensor(struct rdag_tensor *t, struct bw_weight *wt, const struct 
 static int block_kill(struct bw_node *n)
 {
 	struct bw_worker *w = n->w;
-	uint64_t dl = bw_now_ns() + 60000000000ull;
+	uint64_t dl = mp_now_ns() + 60000000000ull;
 	char b = 'k';
 
 	bw_phase(w, "kill: in the node's backward, waiting for SIGKILL");
 	CHECK(w, write(w->ready_fd, &b, 1) == 1, "cannot tell the parent to kill us");
-	while (bw_now_ns() < dl)
+	while (mp_now_ns() < dl)
 		poll(NULL, 0, 100);
 	bw_fail(w, __FILE__, __LINE__, "still alive 60 s after asking to be killed");
 	return RDAG_ETIMEDOUT;
@@ -631,22 +631,15 @@ static int fn_peek(void *arg, const struct rdag_caller *who, const struct rdag_m
 
 int bw_register_all(struct bw_worker *w)
 {
-	static const struct {
-		const char *name;
-		rdag_fn fn;
-	} fns[] = {
+	static const struct mp_fn fns[] = {
 		{"chain", fn_chain}, {"leafret", fn_leafret}, {"pair", fn_pair},
 		{"rref_make", fn_rref_make}, {"peek", fn_peek},
 	};
+	const char *name = NULL;
+	int rc = mp_register(w->a, fns, sizeof(fns) / sizeof(fns[0]), w, &name);
 
-	for (size_t i = 0; i < sizeof(fns) / sizeof(fns[0]); i++) {
-		int rc = rdag_register(w->a, fns[i].name, fns[i].fn, w);
-
-		CHECK_RC(w, rc, 0, "rdag_register(%s)", fns[i].name);
-		if (rc)
-			return rc;
-	}
-	return 0;
+	CHECK_RC(w, rc, 0, "rdag_register(%s)", name);
+	return rc;
 }
 
 int bw_peek(struct bw_worker *w, uint32_t dst, uint64_t ctx, uint8_t dtype, size_t n, unsigned which,

@@ -237,11 +237,11 @@ void sc_unused(struct bw_worker *w)
 		}
 		if (rc == 0) {
 			bw_phase(w, "unused: backward");
-			t0 = bw_now_ns();
+			t0 = mp_now_ns();
 			rc = rdag_backward(w->a, ctx, &loss, 1, false);
 			CHECK_RC(w, rc, 0, "unused: rdag_backward");
-			CHECK(w, bw_now_ns() - t0 < 30000000000ull, "unused: rdag_backward took %llu ms",
-			      (unsigned long long)((bw_now_ns() - t0) / 1000000));
+			CHECK(w, mp_now_ns() - t0 < 30000000000ull, "unused: rdag_backward took %llu ms",
+			      (unsigned long long)((mp_now_ns() - t0) / 1000000));
 		}
 		rdag_future_free(f1);
 		rdag_future_free(f2);
@@ -680,13 +680,13 @@ static void rref_pass(struct bw_worker *w, int owner, int via, const struct bw_s
 	}
 	bw_barrier(w, what);
 	if (w->rank == owner) {
-		uint64_t dl = bw_deadline(w, 30), t0 = bw_now_ns();
+		uint64_t dl = bw_deadline(w, 30), t0 = mp_now_ns();
 
-		while (rdag_rref_count(w->a) != 0 && bw_wait_until(dl))
+		while (rdag_rref_count(w->a) != 0 && mp_wait_until(dl))
 			;
-		if (bw_now_ns() - t0 > 1000000000ull)
+		if (mp_now_ns() - t0 > 1000000000ull)
 			printf("%s: rank %d: the RRef was dropped %llu ms after the release (count now %zu)\n",
-			       what, w->rank, (unsigned long long)((bw_now_ns() - t0) / 1000000),
+			       what, w->rank, (unsigned long long)((mp_now_ns() - t0) / 1000000),
 			       rdag_rref_count(w->a));
 		CHECK(w, rdag_rref_count(w->a) == 0, "%s: the owner still holds %zu RRefs", what,
 		      rdag_rref_count(w->a));

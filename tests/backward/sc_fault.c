@@ -242,10 +242,10 @@ void sc_kill(struct bw_worker *w)
 		rc = bw_fwd_run(w, &c, &ctl, &f, NULL);
 		CHECK_RC(w, rc, 0, "kill: forward");
 		if (rc == 0) {
-			t0 = bw_now_ns();
+			t0 = mp_now_ns();
 			rc = rdag_backward(w->a, ctx, &f.loss, 1, false);
 			snprintf(text, sizeof(text), "%s", rdag_last_error());
-			ms = (bw_now_ns() - t0) / 1000000;
+			ms = (mp_now_ns() - t0) / 1000000;
 			CHECK(w, rc == RDAG_EPEER_DEAD || rc == RDAG_EREMOTE,
 			      "kill: rdag_backward returned %d (%s), expected RDAG_EPEER_DEAD or "
 			      "RDAG_EREMOTE: \"%s\"",
@@ -255,16 +255,16 @@ void sc_kill(struct bw_worker *w)
 			CHECK(w, ms <= 15000, "kill: rdag_backward failed after %llu ms (bound 15000)",
 			      (unsigned long long)ms);
 			CHECK(w, w->board->kill_ns != 0, "kill: the parent never killed the victim");
-			after = w->board->kill_ns ? (bw_now_ns() - w->board->kill_ns) / 1000000 : 0;
+			after = w->board->kill_ns ? (mp_now_ns() - w->board->kill_ns) / 1000000 : 0;
 			printf("kill: rdag_backward failed after %llu ms (%llu ms after SIGKILL): %s: "
 			       "\"%s\"\n", (unsigned long long)ms, (unsigned long long)after,
 			       rdag_strerror(rc), text);
 		}
 		bw_fwd_free(&f);
-		t0 = bw_now_ns();
+		t0 = mp_now_ns();
 		CHECK_RC(w, rdag_ctx_release(w->a, ctx), 0, "kill: rdag_ctx_release with a dead worker");
 		printf("kill: rdag_ctx_release took %llu ms\n",
-		       (unsigned long long)((bw_now_ns() - t0) / 1000000));
+		       (unsigned long long)((mp_now_ns() - t0) / 1000000));
 		/* Calls to the dead worker fail at once. */
 		bw_phase(w, "kill: after");
 		{
@@ -272,15 +272,15 @@ void sc_kill(struct bw_worker *w)
 
 			bw_chain_init(&d, 0, &S4, hops + 1, 1, 301);
 			CHECK_RC(w, rdag_ctx_create(w->a, &ctx), 0, "kill: rdag_ctx_create");
-			t0 = bw_now_ns();
+			t0 = mp_now_ns();
 			rc = bw_fwd_run(w, &d, NULL, &f, NULL);
 			snprintf(text, sizeof(text), "%s", rdag_last_error());
 			CHECK_RC(w, rc, RDAG_EPEER_DEAD, "kill: a call to the dead worker");
 			CHECK(w, strstr(text, name) != NULL, "kill: the error does not name %s: \"%s\"", name,
 			      text);
-			CHECK(w, bw_now_ns() - t0 < 5000000000ull,
+			CHECK(w, mp_now_ns() - t0 < 5000000000ull,
 			      "kill: a call to the dead worker took %llu ms",
-			      (unsigned long long)((bw_now_ns() - t0) / 1000000));
+			      (unsigned long long)((mp_now_ns() - t0) / 1000000));
 			bw_fwd_free(&f);
 			CHECK_RC(w, rdag_ctx_release(w->a, ctx), 0, "kill: rdag_ctx_release");
 		}
@@ -321,7 +321,7 @@ void sc_kill(struct bw_worker *w)
 	{
 		uint64_t dl = bw_deadline(w, 30);
 
-		while (rdag_ctx_count(w->a) != 0 && bw_wait_until(dl))
+		while (rdag_ctx_count(w->a) != 0 && mp_wait_until(dl))
 			;
 		CHECK(w, rdag_ctx_count(w->a) == 0, "kill: %zu contexts left", rdag_ctx_count(w->a));
 	}
@@ -346,9 +346,9 @@ static void *release_main(void *arg)
 	r->rc = -1;
 	if (bw_await(w, 1, BW_SLOT_IN_NODE, r->ctx + 1, 60, "release_during: 1's node running"))
 		return NULL;
-	t0 = bw_now_ns();
+	t0 = mp_now_ns();
 	r->rc = rdag_ctx_release(w->a, r->ctx);
-	r->ms = (bw_now_ns() - t0) / 1000000;
+	r->ms = (mp_now_ns() - t0) / 1000000;
 	bw_put(w, BW_SLOT_RELEASED, r->ctx + 1);
 	return NULL;
 }
@@ -382,10 +382,10 @@ void sc_release_during(struct bw_worker *w)
 			CHECK_RC(w, rc, 0, "release_during: forward");
 			r.ctx = ctx;
 			if (rc == 0 && pthread_create(&th, NULL, release_main, &r) == 0) {
-				t0 = bw_now_ns();
+				t0 = mp_now_ns();
 				rc = rdag_backward(w->a, ctx, &f.loss, 1, false);
 				snprintf(text, sizeof(text), "%s", rdag_last_error());
-				ms = (bw_now_ns() - t0) / 1000000;
+				ms = (mp_now_ns() - t0) / 1000000;
 				pthread_join(th, NULL);
 				CHECK_RC(w, r.rc, 0, "release_during: rdag_ctx_release from another thread");
 				/* Either outcome is allowed; a failure must say what happened. */

@@ -75,14 +75,14 @@ static void retained(struct bw_worker *w, const struct bw_chain *c0, unsigned k,
 		CHECK_RC(w, rdag_ctx_create(w->a, &ctx), 0, "%s: rdag_ctx_create", what);
 		rc = bw_fwd_run(w, &c, NULL, &f, NULL);
 		CHECK_RC(w, rc, 0, "%s: forward", what);
-		t0 = bw_now_ns();
+		t0 = mp_now_ns();
 		for (unsigned p = 0; rc == 0 && p < k; p++) {
 			rc = rdag_backward(w->a, ctx, &f.loss, 1, true);
 			CHECK_RC(w, rc, 0, "%s: rdag_backward %u of %u (retain_graph)", what, p, k);
 		}
 		if (rc == 0)
 			printf("%s: %u retained passes in %llu ms\n", what, k,
-			       (unsigned long long)((bw_now_ns() - t0) / 1000000));
+			       (unsigned long long)((mp_now_ns() - t0) / 1000000));
 		c.passes = k;
 		bw_chain_expect(w, &c, f.x, &es);
 		if (!c.frac && es.n)
@@ -238,7 +238,7 @@ void sc_threads(struct bw_worker *w)
 	pthread_t th[NTHREADS];
 	struct tjob jobs[NTHREADS];
 	unsigned done = 0;
-	uint64_t t0 = bw_now_ns();
+	uint64_t t0 = mp_now_ns();
 	int started = 0;
 
 	bw_phase(w, "threads: %d threads x %d passes", NTHREADS, TPASSES);
@@ -256,6 +256,6 @@ void sc_threads(struct bw_worker *w)
 	}
 	CHECK(w, done == NTHREADS * TPASSES, "threads: %u passes of %d done", done, NTHREADS * TPASSES);
 	printf("threads: rank %d: %u passes in %llu ms\n", w->rank, done,
-	       (unsigned long long)((bw_now_ns() - t0) / 1000000));
+	       (unsigned long long)((mp_now_ns() - t0) / 1000000));
 	bw_barrier(w, "threads: done");
 }

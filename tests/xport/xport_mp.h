@@ -6,22 +6,15 @@
 #include <stdio.h>
 
 #include "bootstrap/boot.h"
+#include "mp_common.h"
 #include "xport/xport.h"
 
+/* struct mp_cfg, mp_now_ns, mp_fill / mp_check / mp_seed, mp_run: tests/common/mp_common.h */
 #define MP_MAXW 16
 
 /* Shared between the parent and the workers (an anonymous shared mapping). */
 struct mp_shared {
 	volatile uint64_t kill_ns;  /* when the parent sent SIGKILL to the victim (CLOCK_MONOTONIC) */
-	volatile int victim_pid;
-};
-
-struct mp_cfg {
-	int n;                /* workers */
-	int timeout_s;        /* watchdog */
-	const char *prov;     /* libfabric provider, or NULL: RDAG_FABRIC / RDAG_OFI_PROVIDER as set */
-	const char *scenario;
-	long count;           /* scenario size (messages, iterations); 0: its default */
 };
 
 struct mp_worker;
@@ -60,17 +53,8 @@ struct mp_worker {
 
 void mp_fail(struct mp_worker *w, const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
-uint64_t mp_now_ns(void);
 /* Past the watchdog-independent deadline of the worker (prints and fails once). */
 int mp_late(struct mp_worker *w);
-
-/* A deterministic byte pattern per seed; mp_check returns 0 or 1 + the first bad offset. */
-void mp_fill(void *p, size_t n, uint64_t seed);
-size_t mp_check(const void *p, size_t n, uint64_t seed);
-static inline uint64_t mp_seed(uint64_t a, uint64_t b, uint64_t c)
-{
-	return (a << 48) ^ (b << 32) ^ (c * 0x9E3779B97F4A7C15ull) ^ 0x5bd1e995u;
-}
 
 /* Encoders (xport_encode_fn) for RPC_CALL, BACKWARD_AUTOGRAD_REQ, FORWARD_AUTOGRAD_REQ(RPC_CALL). */
 struct mp_rpc {
