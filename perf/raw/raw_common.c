@@ -53,7 +53,7 @@ static void usage(const struct raw_opts *o, FILE *f)
 		o->kind == RAW_LAT ? "64 MiB" : "1 GiB", SWEEP_MIN_ITERS, 100L, RAW_DEFAULT_PORT);
 }
 
-static int parse_size(const char *s, size_t *out)
+int raw_parse_size(const char *s, size_t *out)
 {
 	char *end;
 	unsigned long long v;
@@ -121,7 +121,7 @@ void raw_parse_args(struct raw_opts *o, enum raw_kind kind, int argc, char **arg
 	while ((c = getopt(argc, argv, "s:an:w:p:P:d:c:I:t:Q:T:Ceh")) != -1) {
 		switch (c) {
 		case 's':
-			if (parse_size(optarg, &o->size) || o->size == 0)
+			if (raw_parse_size(optarg, &o->size) || o->size == 0)
 				bad(o, c, optarg);
 			break;
 		case 'a': o->all = 1; break;

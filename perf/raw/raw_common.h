@@ -150,4 +150,7 @@ static inline int raw_watch_tick(struct raw_watch *w)
 	return raw_watch_check(w);
 }
 
+/* A byte count with an optional k/m/g suffix (binary; "KiB", "MB" also read): 0, or -1 if malformed. */
+int raw_parse_size(const char *s, size_t *out);
+
 #endif /* RDAG_PERF_RAW_COMMON_H */

@@ -18,6 +18,8 @@
 
 #include <rdag/rdag.h>
 
+#include "raw_common.h" /* raw_parse_size */
+
 /*
  * Only the public API (include/rdag/rdag.h). The tool forks its W workers itself on this host
  * (as examples/train_pipeline does), or runs as one worker under a launcher (RDAG_RANK, ...).
@@ -910,32 +912,6 @@ static void usage(FILE *f)
 		O.tool, MAXW, SWEEP_MIN_ITERS, MAXG, MAXK);
 }
 
-static int parse_size(const char *s, size_t *out)
-{
-	char *end;
-	unsigned long long v;
-	unsigned shift = 0;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s || s[0] == '-')
-		return -1;
-	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	default: break;
-	}
-	if (*end == 'i')
-		end++;
-	if (*end == 'B')
-		end++;
-	if (*end || (shift && v > (ULLONG_MAX >> shift)))
-		return -1;
-	*out = (size_t)(v << shift);
-	return 0;
-}
-
 static long parse_long(const char *s, long lo, long hi)
 {
 	char *end;
@@ -970,14 +946,14 @@ static void parse_args(int argc, char **argv)
 			O.nw = (int)v;
 			break;
 		case 's':
-			if (parse_size(optarg, &O.size) || O.size < sizeof(float) || O.size % sizeof(float) ||
+			if (raw_parse_size(optarg, &O.size) || O.size < sizeof(float) || O.size % sizeof(float) ||
 			    O.size > MAX_SIZE)
 				bad(c, optarg);
 			O.size_given = 1;
 			break;
 		case 'a': O.all = 1; break;
 		case 'S':
-			if (parse_size(optarg, &O.max_size) || O.max_size < MIN_SIZE || O.max_size > MAX_SIZE)
+			if (raw_parse_size(optarg, &O.max_size) || O.max_size < MIN_SIZE || O.max_size > MAX_SIZE)
 				bad(c, optarg);
 			break;
 		case 'n':
