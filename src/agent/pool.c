@@ -23,6 +23,15 @@ static struct ag_job *pop(struct ag_pool *p)
 	return j;
 }
 
+/* Runs j with p->lock dropped around it (held on entry and on return). */
+static void run_unlocked(struct ag_pool *p, struct ag_job *j)
+{
+	pthread_mutex_unlock(&p->lock);
+	j->run(j);
+	atomic_fetch_sub(&p->busy, 1);
+	pthread_mutex_lock(&p->lock);
+}
+
 static void *thread_main(void *arg)
 {
 	struct ag_pool *p = arg;
@@ -33,10 +42,7 @@ static void *thread_main(void *arg)
 		struct ag_job *j = pop(p);
 
 		if (j) {
-			pthread_mutex_unlock(&p->lock);
-			j->run(j);
-			atomic_fetch_sub(&p->busy, 1);
-			pthread_mutex_lock(&p->lock);
+			run_unlocked(p, j);
 			continue;
 		}
 		if (p->stop)
@@ -162,10 +168,7 @@ int pool_wait_flag(struct ag_pool *p, atomic_bool *flag, int timeout_ms, rdag_ag
 			struct ag_job *j = helper ? pop(p) : NULL;
 
 			if (j) {
-				pthread_mutex_unlock(&p->lock);
-				j->run(j);
-				atomic_fetch_sub(&p->busy, 1);
-				pthread_mutex_lock(&p->lock);
+				run_unlocked(p, j);
 				continue;
 			}
 			if (manual)

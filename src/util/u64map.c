@@ -18,21 +18,29 @@ static inline size_t hash(uint64_t k)
 	return (size_t)k;
 }
 
-void *u64map_get(const struct u64map *m, uint64_t key)
+/* Slot of key, or SIZE_MAX. */
+static size_t find(const struct u64map *m, uint64_t key)
 {
 	size_t mask, i;
 
 	if (!m->cap)
-		return NULL;
+		return SIZE_MAX;
 	mask = m->cap - 1;
 	for (i = hash(key) & mask;; i = (i + 1) & mask) {
 		void *v = m->vals[i];
 
 		if (!v)
-			return NULL;
+			return SIZE_MAX;
 		if (v != TOMB && m->keys[i] == key)
-			return v;
+			return i;
 	}
+}
+
+void *u64map_get(const struct u64map *m, uint64_t key)
+{
+	size_t i = find(m, key);
+
+	return i == SIZE_MAX ? NULL : m->vals[i];
 }
 
 static int grow(struct u64map *m)
@@ -106,22 +114,15 @@ int u64map_put(struct u64map *m, uint64_t key, void *val)
 
 void *u64map_del(struct u64map *m, uint64_t key)
 {
-	size_t mask, i;
+	size_t i = find(m, key);
+	void *v;
 
-	if (!m->cap)
+	if (i == SIZE_MAX)
 		return NULL;
-	mask = m->cap - 1;
-	for (i = hash(key) & mask;; i = (i + 1) & mask) {
-		void *v = m->vals[i];
-
-		if (!v)
-			return NULL;
-		if (v != TOMB && m->keys[i] == key) {
-			m->vals[i] = TOMB;
-			m->count--;
-			return v;
-		}
-	}
+	v = m->vals[i];
+	m->vals[i] = TOMB;
+	m->count--;
+	return v;
 }
 
 int u64map_next(const struct u64map *m, size_t *i, uint64_t *key, void **val)
