@@ -72,6 +72,9 @@ struct ofi_ep {
 	struct ofi_mr_node mrs; /* list head */
 };
 
+/* RDAG_OFI_HMEM=1: ask libfabric for FI_HMEM (device memory registration, gpu/). */
+int ofi_want_hmem(void);
+
 /* Sets FI_UNIVERSE_SIZE from world_size when the user has not set it (before fi_getinfo). */
 void ofi_set_universe(uint32_t world_size);
 

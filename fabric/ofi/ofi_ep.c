@@ -9,6 +9,7 @@
 #include <rdma/fi_errno.h>
 
 #include "fabric/ofi/ofi.h"
+#include "gpu/gpu.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -425,6 +426,32 @@ out:
 	return rc;
 }
 
+/* Whether CUDA memory at addr on device can be registered here: 0, or why not. */
+static int ofi_hmem_check(struct ofi_ep *ep, void *addr, int device)
+{
+	struct gpu_ptr_info pi;
+	int rc;
+
+	if (!(ep->info->caps & FI_HMEM))
+		return err_set(RDAG_ENOSYS, "ofi: provider %s has no FI_HMEM: it cannot register CUDA "
+					    "memory%s",
+			       ep->attr.fabric_name,
+			       ofi_want_hmem() ? "" : " (set RDAG_OFI_HMEM=1 to ask libfabric for it)");
+	rc = gpu_init();
+	if (rc) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", rdag_last_error());
+		return err_set(rc, "ofi: %s: registering CUDA memory: %s", ep->attr.fabric_name, why);
+	}
+	rc = gpu_ptr_classify(addr, &pi);
+	if (rc)
+		return rc;
+	if (pi.type != GPU_MEM_DEVICE || pi.device != device)
+		return err_set(RDAG_EINVAL, "ofi: %p is not device memory of GPU %d", addr, device);
+	return 0;
+}
+
 static int ofi_mr_reg(struct fab_ep *fep, void *addr, size_t len, uint32_t access,
 		      enum fab_mem_kind kind, int device, struct fab_mr *mr)
 {
@@ -439,14 +466,18 @@ static int ofi_mr_reg(struct fab_ep *fep, void *addr, size_t len, uint32_t acces
 	uint64_t key;
 	int rc;
 
-	(void)device;
 	memset(mr, 0, sizeof(*mr));
 	if (!addr || !len)
 		return err_set(RDAG_EINVAL, "ofi: cannot register an empty range");
-	if (kind != FAB_MEM_HOST)
-		return err_set(RDAG_ENOSYS, "ofi: %s: registering device memory needs FI_HMEM, which "
-					    "this libfabric build or provider does not offer",
-			       ep->attr.fabric_name);
+	if (kind == FAB_MEM_CUDA) {
+		rc = ofi_hmem_check(ep, addr, device);
+		if (rc)
+			return rc;
+		attr.iface = FI_HMEM_CUDA;
+		attr.device.cuda = device;
+	} else if (kind != FAB_MEM_HOST) {
+		return err_set(RDAG_EINVAL, "ofi: unknown memory kind %d", (int)kind);
+	}
 	if (access & FAB_ACCESS_LOCAL)
 		attr.access |= FI_SEND | FI_RECV | FI_WRITE;
 	if (access & FAB_ACCESS_REMOTE_WRITE)

@@ -52,6 +52,11 @@ struct fi_info *ofi_hints(const struct fab_open_opts *opts, const char *prov, in
 	h->caps = OFI_CAPS;
 	h->mode = OFI_MODES;
 	h->domain_attr->mr_mode = OFI_MR_MODES | (with_raw ? FI_MR_RAW : 0);
+	/* Device memory (gpu/): only on request, as it narrows the providers to those with FI_HMEM. */
+	if (ofi_want_hmem()) {
+		h->caps |= FI_HMEM;
+		h->domain_attr->mr_mode |= FI_MR_HMEM;
+	}
 	/* One endpoint per domain, driven by one thread at a time: no locks needed inside. */
 	h->domain_attr->threading = FI_THREAD_DOMAIN;
 	h->domain_attr->cq_data_size = 4;
@@ -127,8 +132,9 @@ int ofi_check_info(const struct fi_info *info, char *why, size_t whylen)
 	}
 	if (mr_mode & FI_MR_RAW)
 		add_why(why, whylen, "needs FI_MR_RAW (raw keys), which rdag does not support");
-	if (mr_mode & ~(uint64_t)(OFI_MR_MODES | FI_MR_RAW)) {
-		uint64_t rest = mr_mode & ~(uint64_t)(OFI_MR_MODES | FI_MR_RAW);
+	if (mr_mode & ~(uint64_t)(OFI_MR_MODES | FI_MR_RAW | ((info->caps & FI_HMEM) ? FI_MR_HMEM : 0))) {
+		uint64_t rest = mr_mode & ~(uint64_t)(OFI_MR_MODES | FI_MR_RAW |
+						      ((info->caps & FI_HMEM) ? FI_MR_HMEM : 0));
 		int r = (int)rest;
 
 		fi_tostr_r(extra, sizeof(extra), &r, FI_TYPE_MR_MODE);
@@ -324,9 +330,19 @@ int ofi_wait_fd_usable(const struct fi_info *info)
 	return 1;
 }
 
+int ofi_want_hmem(void)
+{
+	const char *s = getenv("RDAG_OFI_HMEM");
+
+	return s && strcmp(s, "1") == 0;
+}
+
 uint32_t ofi_caps_of(const struct fi_info *info)
 {
 	uint32_t caps = FAB_CAP_WRITE_IMM;
+
+	if (info->caps & FI_HMEM)
+		caps |= FAB_CAP_HMEM_CUDA;
 
 	if (info->mode & FI_RX_CQ_DATA)
 		caps |= FAB_CAP_IMM_CONSUMES_RECV;

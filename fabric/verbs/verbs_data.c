@@ -5,8 +5,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "fabric/verbs/verbs.h"
+#include "gpu/gpu.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -25,6 +27,77 @@
 
 /* ---- memory registration ---- */
 
+/*
+ * CUDA device memory: a dma-buf from the driver registered with ibv_reg_dmabuf_mr, else (no
+ * dma-buf support, or the NIC driver refuses it) ibv_reg_mr on the device address when a GPU
+ * peer-memory module (nvidia_peermem, nv_peer_mem) is loaded to pin it. *out set on success.
+ */
+static int reg_device(struct verbs_ep *ep, void *addr, size_t len, int flags, int device,
+		      struct ibv_mr **out)
+{
+	const char *peermem = gpu_peermem_module(NULL);
+	struct gpu_ptr_info pi;
+	enum gpu_reg_method method;
+	char dmabuf_err[160] = "";
+	int rc = gpu_init(), dmabuf_ok;
+
+	*out = NULL;
+	if (rc) {
+		char why[256];
+
+		snprintf(why, sizeof(why), "%s", rdag_last_error());
+		return err_set(rc, "verbs: %s: registering device memory: %s", ep->sel.dev_name, why);
+	}
+	rc = gpu_ptr_classify(addr, &pi);
+	if (rc)
+		return rc;
+	if (pi.type != GPU_MEM_DEVICE || pi.device != device)
+		return err_set(RDAG_EINVAL, "verbs: %p is not device memory of GPU %d (%s, device %d)", addr,
+			       device, pi.type == GPU_MEM_DEVICE ? "device memory" : "host memory",
+			       pi.device);
+	dmabuf_ok = gpu_dmabuf_supported(device) > 0;
+	method = gpu_reg_method_choose(dmabuf_ok, peermem != NULL);
+	if (method == GPU_REG_DMABUF) {
+		uint64_t off = 0;
+		int fd = -1;
+
+		rc = gpu_dmabuf_get(addr, len, &fd, &off);
+		if (rc == 0) {
+			*out = ibv_reg_dmabuf_mr(ep->pd, off, len, (uint64_t)(uintptr_t)addr, fd, flags);
+			if (!*out)
+				snprintf(dmabuf_err, sizeof(dmabuf_err), "ibv_reg_dmabuf_mr: %s",
+					 strerror(errno));
+			close(fd); /* the registration holds its own reference to the dma-buf */
+		} else {
+			snprintf(dmabuf_err, sizeof(dmabuf_err), "%s", rdag_last_error());
+		}
+		if (*out) {
+			LOG_DEBUG("verbs: %s: %zu bytes of GPU %d registered with a dma-buf",
+				  ep->sel.dev_name, len, device);
+			return 0;
+		}
+		if (!peermem)
+			return err_set(RDAG_EIO, "verbs: %s: registering %zu bytes of GPU %d: %s, and no "
+						 "peer-memory module (nvidia_peermem, nv_peer_mem) is loaded",
+				       ep->sel.dev_name, len, device, dmabuf_err);
+		method = GPU_REG_PEERMEM;
+	}
+	if (method == GPU_REG_PEERMEM) {
+		*out = ibv_reg_mr(ep->pd, addr, len, flags);
+		if (!*out)
+			return err_set(RDAG_EIO, "verbs: %s: ibv_reg_mr(%p, %zu bytes of GPU %d) with %s: %s%s%s",
+				       ep->sel.dev_name, addr, len, device, peermem, strerror(errno),
+				       dmabuf_err[0] ? "; dma-buf before it: " : "", dmabuf_err);
+		LOG_DEBUG("verbs: %s: %zu bytes of GPU %d registered through %s", ep->sel.dev_name, len,
+			  device, peermem);
+		return 0;
+	}
+	return err_set(RDAG_ENOSYS, "verbs: %s: cannot register memory of GPU %d: the device has no "
+				    "dma-buf support and no peer-memory module (nvidia_peermem, "
+				    "nv_peer_mem) is loaded",
+		       ep->sel.dev_name, device);
+}
+
 int verbs_mr_reg(struct fab_ep *fep, void *addr, size_t len, uint32_t access, enum fab_mem_kind kind,
 		 int device, struct fab_mr *mr)
 {
@@ -35,10 +108,8 @@ int verbs_mr_reg(struct fab_ep *fep, void *addr, size_t len, uint32_t access, en
 	if (!mr)
 		return err_set(RDAG_EINVAL, "verbs: mr_reg without a fab_mr");
 	memset(mr, 0, sizeof(*mr));
-	if (kind != FAB_MEM_HOST)
-		return err_set(RDAG_ENOSYS, "verbs: registering device memory (kind %d, device %d) is not "
-					    "supported by this provider yet",
-			       (int)kind, device);
+	if (kind != FAB_MEM_HOST && kind != FAB_MEM_CUDA)
+		return err_set(RDAG_EINVAL, "verbs: unknown memory kind %d", (int)kind);
 	if (!addr || len == 0)
 		return err_set(RDAG_EINVAL, "verbs: cannot register %zu bytes at %p", len, addr);
 	if (access & ~(uint32_t)(FAB_ACCESS_LOCAL | FAB_ACCESS_REMOTE_WRITE | FAB_ACCESS_REMOTE_READ))
@@ -50,7 +121,16 @@ int verbs_mr_reg(struct fab_ep *fep, void *addr, size_t len, uint32_t access, en
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return err_set(RDAG_ENOMEM, "verbs: out of memory");
-	m->mr = ibv_reg_mr(ep->pd, addr, len, flags);
+	if (kind == FAB_MEM_CUDA) {
+		int rc = reg_device(ep, addr, len, flags, device, &m->mr);
+
+		if (rc) {
+			free(m);
+			return rc;
+		}
+	} else {
+		m->mr = ibv_reg_mr(ep->pd, addr, len, flags);
+	}
 	if (!m->mr) {
 		int e = errno;
 

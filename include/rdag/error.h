@@ -57,7 +57,9 @@ enum rdag_status {
 	RDAG_EPEER_DEAD = -1101,        /* a peer died or became unreachable */
 	RDAG_EABORTED = -1102,          /* the operation's context or pass was aborted */
 	RDAG_ENOCUDA = -1103,           /* this build has no CUDA support */
-	RDAG_ENOGPU = -1104,            /* CUDA present, but no usable GPU */
+	RDAG_ENOGPU = -1104,            /* CUDA driver present, but no GPU device */
+	RDAG_ENOCUDA_DRIVER = -1105,    /* built with CUDA, but the driver (libcuda.so.1) is missing */
+	RDAG_ENONCCL = -1106,           /* NCCL (libnccl.so.2) is missing or unusable */
 };
 
 /* Short, static description of a status code; never NULL. Thread-safe. */

@@ -51,7 +51,9 @@ RDAG_API const char *rdag_strerror(int code)
 	case RDAG_EPEER_DEAD: return "peer died or became unreachable";
 	case RDAG_EABORTED: return "operation aborted";
 	case RDAG_ENOCUDA: return "rdag was built without CUDA support";
-	case RDAG_ENOGPU: return "no usable GPU (CUDA driver or device missing)";
+	case RDAG_ENOGPU: return "no usable GPU device (the CUDA driver found none)";
+	case RDAG_ENOCUDA_DRIVER: return "CUDA driver missing (libcuda.so.1 could not be loaded)";
+	case RDAG_ENONCCL: return "NCCL missing (libnccl.so.2 could not be loaded or used)";
 	default: return "unknown error";
 	}
 }
