@@ -58,17 +58,23 @@ struct rdag_edge_grad {
 	struct rdag_tensor grad;      /* read during the call only */
 };
 
-/* Where gradients leave the local graph. The tensors are valid during the call only. */
+/*
+ * Where gradients leave the local graph. The tensors are valid during the call only. check, when
+ * set, is called before each node runs: a non-zero return (RDAG_EABORTED when another worker's
+ * part of the pass failed) stops the pass, which returns it. An engine of one's own should call
+ * it as often (between its nodes): that is how a failed distributed pass stops everywhere.
+ */
 struct rdag_grad_sink {
 	int (*leaf)(void *arg, void *var, const struct rdag_tensor *grad);
 	int (*recv)(void *arg, void *recv_fn, uint32_t input_nr, const struct rdag_tensor *grad);
 	void *arg;
+	int (*check)(void *arg);
 };
 
 /*
  * Runs backward from roots[0..n) (g may be NULL: nodes of any graph may be reached). retain_graph false frees the nodes it ran (a later pass through
  * them fails with RDAG_EINVAL, "the graph was freed: run backward with retain_graph to run it
- * twice"). Returns 0, a node's or a sink's error, RDAG_ENOSYS for a dtype it cannot add, or
+ * twice"). Returns 0, a node's or a sink's error (sink->check's included), RDAG_ENOSYS for a dtype it cannot add, or
  * RDAG_EINVAL for a gradient whose shape does not match. Thread-safe.
  */
 RDAG_API int rdag_graph_run(rdag_graph_t *g, const struct rdag_edge_grad *roots, uint32_t n,

@@ -45,7 +45,7 @@ struct bench_case {
 
 static int enc_grad(void *buf, size_t cap, size_t *len, uint32_t n)
 {
-	struct wire_grad_req g = {0x0001000000000007ull, 0x0001000000000031ull, false};
+	struct wire_grad_req g = {0x0001000000000007ull, 0x0001000000000031ull, false, 0x0001000000000003ull};
 
 	return wire_encode_grad_req(buf, cap, &env, &g, grads, n, len);
 }
@@ -55,7 +55,7 @@ static int enc_grad64(void *buf, size_t cap, size_t *len) { return enc_grad(buf,
 
 static int enc_grad1_inline(void *buf, size_t cap, size_t *len)
 {
-	struct wire_grad_req g = {7, 31, true};
+	struct wire_grad_req g = {7, 31, true, 0x0001000000000003ull};
 	struct wire_tensor t = {.dtype = WIRE_DT_F32, .rank = 1, .loc = WIRE_LOC_INLINE, .nbytes = 64,
 				.shape = {16}, .u.data = small_grad};
 

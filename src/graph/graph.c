@@ -444,6 +444,11 @@ int rdag_graph_run(rdag_graph_t *g, const struct rdag_edge_grad *roots, uint32_t
 		head = s->qnext;
 		if (!head)
 			tail = &head;
+		if (sink && sink->check) {
+			rc = sink->check(sink->arg);
+			if (rc)
+				break;
+		}
 		rc = run_node(&st, s, retain_graph, sink, &tail);
 	}
 	free_state(&st);

@@ -29,6 +29,7 @@ static const char *const kind_names[256] = {
 	[WIRE_RREF_BACKWARD_RESP] = "RREF_BACKWARD_RESP",
 	[WIRE_RUN_WITH_PROFILING_REQ] = "RUN_WITH_PROFILING_REQ",
 	[WIRE_RUN_WITH_PROFILING_RESP] = "RUN_WITH_PROFILING_RESP",
+	[WIRE_BACKWARD_ABORT] = "BACKWARD_ABORT",
 };
 
 const char *wire_kind_name(uint8_t kind)
@@ -128,6 +129,7 @@ int wire_decode_at(const uint8_t *p, size_t len, unsigned depth, struct wire_msg
 		return wire_dec_forward(body, end, m);
 	case WIRE_BACKWARD_AUTOGRAD_REQ:
 	case WIRE_BACKWARD_AUTOGRAD_RESP:
+	case WIRE_BACKWARD_ABORT:
 		return wire_dec_grad(body, end, m);
 	case WIRE_CLEANUP_AUTOGRAD_CONTEXT_REQ:
 	case WIRE_CLEANUP_AUTOGRAD_CONTEXT_RESP:

@@ -42,7 +42,7 @@
  * The hot path, for example (a PropagateGradientsReq and its receipt):
  *
  *   struct wire_env env = {req_id, my_worker_id, credits_to_return};
- *   struct wire_grad_req g = {ctx_id, msg_id, retain_graph};
+ *   struct wire_grad_req g = {ctx_id, msg_id, retain_graph, pass_id};
  *   size_t len;
  *   int rc = wire_encode_grad_req(buf, cap, &env, &g, grads, ngrads, &len);
  *   // rc == RDAG_ENOSPC: len is the size needed
@@ -107,6 +107,7 @@ enum wire_kind {
 	WIRE_RREF_BACKWARD_RESP = 0x27,
 	WIRE_RUN_WITH_PROFILING_REQ = 0x28,
 	WIRE_RUN_WITH_PROFILING_RESP = 0x29,
+	WIRE_BACKWARD_ABORT = 0x2A,          /* a pass failed: stop it (one way, no reply) */
 };
 
 /* Tensor element types (u8). 0 is never valid, so a zeroed descriptor is rejected. */
@@ -293,6 +294,16 @@ struct wire_grad_req {
 	uint64_t ctx_id;
 	uint64_t msg_id;
 	bool retain_graph;
+	uint64_t pass_id;              /* the backward pass, (root worker << 48) | counter */
+};
+
+/* BACKWARD_ABORT: pass pass_id of context ctx_id failed with code on worker origin. */
+struct wire_abort {
+	uint64_t ctx_id;
+	uint64_t pass_id;
+	int32_t code;                  /* negative RDAG_E* code */
+	uint16_t origin;               /* worker on which the error happened */
+	struct wire_bytes text;        /* <= WIRE_MAX_TEXT bytes, not NUL-terminated */
 };
 
 struct wire_grad_view {
@@ -374,6 +385,7 @@ struct wire_msg {
 		struct wire_rdv_done rdv_done;     /* RDV_DONE */
 		struct wire_fwd_view fwd;          /* FORWARD_AUTOGRAD_REQ/RESP */
 		struct wire_grad_view grad;        /* BACKWARD_AUTOGRAD_REQ */
+		struct wire_abort abort;           /* BACKWARD_ABORT */
 		struct wire_cleanup cleanup;       /* CLEANUP_AUTOGRAD_CONTEXT_REQ */
 		struct wire_rref_backward rref_bwd; /* RREF_BACKWARD_REQ */
 		struct wire_prof_req_view prof_req; /* RUN_WITH_PROFILING_REQ */
@@ -457,6 +469,8 @@ int wire_encode_grad_req(void *buf, size_t cap, const struct wire_env *env,
 			 const struct wire_grad_req *req, const struct wire_tensor *tensors,
 			 uint32_t n, size_t *len);
 int wire_encode_grad_resp(void *buf, size_t cap, const struct wire_env *env, size_t *len);
+int wire_encode_abort(void *buf, size_t cap, const struct wire_env *env,
+		      const struct wire_abort *ab, size_t *len);
 
 /* CLEANUP_AUTOGRAD_CONTEXT_REQ / _RESP (cleanup.c). */
 int wire_encode_cleanup_req(void *buf, size_t cap, const struct wire_env *env,

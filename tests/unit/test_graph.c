@@ -104,7 +104,7 @@ static void diamond_counts_dependencies(void **state)
 	struct sink_state s;
 	void *nid, *n1, *n2, *nz;
 	struct rdag_edge_grad root;
-	struct rdag_grad_sink sink = {on_leaf, on_recv, &s};
+	struct rdag_grad_sink sink = {on_leaf, on_recv, &s, NULL};
 
 	(void)state;
 	memset(&s, 0, sizeof(s));
@@ -139,6 +139,53 @@ static void diamond_counts_dependencies(void **state)
 	rdag_graph_destroy(g);
 }
 
+static int check_calls;
+
+/* Says "stop" on its third call: the pass has run two nodes by then. */
+static int stop_third(void *arg)
+{
+	(void)arg;
+	return ++check_calls >= 3 ? RDAG_EABORTED : 0;
+}
+
+/* sink->check runs before every node and stops the pass with its code: a chain of 5 runs 2. */
+static void check_stops_the_pass(void **state)
+{
+	rdag_graph_t *g;
+	double xd[N] = {1, 2, 3, 4}, buf[N], ones[N] = {1, 1, 1, 1}, two = 2;
+	struct rdag_tensor x, y;
+	struct sink_state s;
+	void *node = NULL;
+	struct rdag_edge_grad root;
+	struct rdag_grad_sink sink = {on_leaf, on_recv, &s, stop_third};
+
+	(void)state;
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(rdag_graph_create(&g), 0);
+	vec(&x, xd, true);
+	s.keys[0] = xd;
+	y = x;
+	for (int i = 0; i < 5; i++) {
+		assert_int_equal(rdag_graph_node(g, scale_bw, &two, &y, 1, &y, 1, &node), 0);
+		out_of(&y, buf, node, 0);
+	}
+	memset(&root, 0, sizeof(root));
+	root.grad_kind = RDAG_GRAD_NODE;
+	root.edge = y.grad_fn;
+	vec(&root.grad, ones, false);
+	check_calls = 0;
+	assert_int_equal(rdag_graph_run(g, &root, 1, true, &sink), RDAG_EABORTED);
+	assert_int_equal(check_calls, 3);
+	assert_int_equal(s.leaf_calls, 0);  /* the leaf is behind the fifth node */
+	/* without the check the same (retained) graph runs through: 2^5 */
+	sink.check = NULL;
+	assert_int_equal(rdag_graph_run(g, &root, 1, true, &sink), 0);
+	assert_int_equal(s.leaf_calls, 1);
+	for (int i = 0; i < N; i++)
+		assert_true(s.leaf[0][i] == 32.0);
+	rdag_graph_destroy(g);
+}
+
 /* Two roots, a leaf root, a recv-function edge, inputs that need no gradient, and errors. */
 static void roots_sinks_and_errors(void **state)
 {
@@ -148,7 +195,7 @@ static void roots_sinks_and_errors(void **state)
 	struct sink_state s;
 	void *nadd, *nscale, *nfail;
 	struct rdag_edge_grad roots[3];
-	struct rdag_grad_sink sink = {on_leaf, on_recv, &s};
+	struct rdag_grad_sink sink = {on_leaf, on_recv, &s, NULL};
 	static int fake_recv_fn;
 
 	(void)state;
@@ -226,6 +273,7 @@ int main(void)
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(diamond_counts_dependencies),
 		cmocka_unit_test(roots_sinks_and_errors),
+		cmocka_unit_test(check_stops_the_pass),
 		cmocka_unit_test(tensor_add_dtypes),
 	};
 

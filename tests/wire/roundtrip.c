@@ -99,6 +99,8 @@ int rt_reencode(const struct wire_msg *m, void *out, size_t cap, size_t *len)
 		break;
 	case WIRE_BACKWARD_AUTOGRAD_RESP:
 		return wire_encode_grad_resp(out, cap, env, len);
+	case WIRE_BACKWARD_ABORT:
+		return wire_encode_abort(out, cap, env, &m->u.abort, len);
 	case WIRE_CLEANUP_AUTOGRAD_CONTEXT_REQ:
 		return wire_encode_cleanup_req(out, cap, env, &m->u.cleanup, len);
 	case WIRE_CLEANUP_AUTOGRAD_CONTEXT_RESP:
@@ -152,6 +154,8 @@ static void check_one(const struct wire_msg *m, const uint8_t *buf, size_t len)
 		die("length", m);
 	if (m->kind == WIRE_EXCEPTION)
 		touch(m->u.exc.text.ptr, m->u.exc.text.len);
+	if (m->kind == WIRE_BACKWARD_ABORT)
+		touch(m->u.abort.text.ptr, m->u.abort.text.len);
 	if (m->kind == WIRE_RPC_CALL || m->kind == WIRE_RREF_CALL) {
 		touch(m->u.call.call.name.ptr, m->u.call.call.name.len);
 		touch(m->u.call.call.payload.ptr, m->u.call.call.payload.len);

@@ -20,6 +20,7 @@ enum sample_id {
 	S_RDV_ANSWER_0, S_RDV_ANSWER_MAX, S_RDV_DONE_OK, S_RDV_DONE_ERR,
 	S_FWD_REQ_EMPTYMAP, S_FWD_REQ_FULLMAP, S_FWD_RESP, S_FWD_NESTED_MAX,
 	S_GRAD_0, S_GRAD_1_INLINE, S_GRAD_8_SLOT, S_GRAD_MIXED, S_GRAD_MANY, S_GRAD_RESP,
+	S_ABORT_EMPTY, S_ABORT_TEXT,
 	S_CLEANUP_0, S_CLEANUP_MAX, S_CLEANUP_RESP,
 	S_RREF_BWD_0, S_RREF_BWD_MAX, S_RREF_BWD_RESP,
 	S_PROF_REQ, S_PROF_REQ_ALL, S_PROF_RESP_0, S_PROF_RESP_EVENTS,
@@ -44,6 +45,7 @@ static const char *const names[S_COUNT] = {
 	[S_GRAD_0] = "grad_req_0", [S_GRAD_1_INLINE] = "grad_req_1_inline",
 	[S_GRAD_8_SLOT] = "grad_req_8_slot", [S_GRAD_MIXED] = "grad_req_mixed",
 	[S_GRAD_MANY] = "grad_req_many", [S_GRAD_RESP] = "grad_resp",
+	[S_ABORT_EMPTY] = "abort_empty", [S_ABORT_TEXT] = "abort_text",
 	[S_CLEANUP_0] = "cleanup_req_0", [S_CLEANUP_MAX] = "cleanup_req_max",
 	[S_CLEANUP_RESP] = "cleanup_resp",
 	[S_RREF_BWD_0] = "rref_bwd_req_0", [S_RREF_BWD_MAX] = "rref_bwd_req_max",
@@ -183,7 +185,7 @@ const char *sample_name(unsigned i)
 /* An inner message encoded into scratch[k], with a zero env as inner messages require. */
 static const uint8_t *inner_grad(unsigned k, size_t *len)
 {
-	struct wire_grad_req g = {5, 6, true};
+	struct wire_grad_req g = {5, 6, true, 0x0001000000000003ull};
 
 	if (wire_encode_grad_req(scratch[k], sizeof(scratch[k]), NULL, &g, slot8, 2, len))
 		abort();
@@ -321,23 +323,32 @@ int sample_encode(unsigned i, void *buf, size_t cap, size_t *len)
 	case S_FWD_NESTED_MAX:
 		return nested(buf, cap, len);
 	case S_GRAD_0:
-		return wire_encode_grad_req(buf, cap, &env_zero, &(struct wire_grad_req){0, 0, false}, NULL, 0,
+		return wire_encode_grad_req(buf, cap, &env_zero, &(struct wire_grad_req){0, 0, false, 0x0001000000000003ull}, NULL, 0,
 					    len);
 	case S_GRAD_1_INLINE:
-		return wire_encode_grad_req(buf, cap, &env_some, &(struct wire_grad_req){1, 2, true}, mixed + 2,
+		return wire_encode_grad_req(buf, cap, &env_some, &(struct wire_grad_req){1, 2, true, 0x0001000000000003ull}, mixed + 2,
 					    1, len);
 	case S_GRAD_8_SLOT:
 		return wire_encode_grad_req(buf, cap, &env_some,
 					    &(struct wire_grad_req){0x0001000000000007ull, 0x0001000000000031ull,
-								    false}, slot8, 8, len);
+								    false, 0x0001000000000003ull}, slot8, 8, len);
 	case S_GRAD_MIXED:
-		return wire_encode_grad_req(buf, cap, &env_max, &(struct wire_grad_req){U64MAX, U64MAX, true},
+		return wire_encode_grad_req(buf, cap, &env_max, &(struct wire_grad_req){U64MAX, U64MAX, true, 0x0001000000000003ull},
 					    mixed, nmixed, len);
 	case S_GRAD_MANY:
-		return wire_encode_grad_req(buf, cap, &env_some, &(struct wire_grad_req){3, 4, false}, many,
+		return wire_encode_grad_req(buf, cap, &env_some, &(struct wire_grad_req){3, 4, false, 0x0001000000000003ull}, many,
 					    NMANY, len);
 	case S_GRAD_RESP:
 		return wire_encode_grad_resp(buf, cap, &env_some, len);
+	case S_ABORT_EMPTY:
+		return wire_encode_abort(buf, cap, &env_zero,
+					 &(struct wire_abort){0, 0, INT32_MIN, 0, {NULL, 0}}, len);
+	case S_ABORT_TEXT: {
+		static const char t[] = "Error on Node 2: the local backward failed";
+		return wire_encode_abort(buf, cap, &env_max,
+					 &(struct wire_abort){U64MAX, 0x0002000000000007ull, RDAG_EREMOTE,
+							      0xffff, {t, sizeof(t) - 1}}, len);
+	}
 	case S_CLEANUP_0:
 		return wire_encode_cleanup_req(buf, cap, &env_zero, &(struct wire_cleanup){0}, len);
 	case S_CLEANUP_MAX:
@@ -400,7 +411,7 @@ int sample_doc_grad_req(void *buf, size_t cap, size_t *len)
 	static const int64_t d3[] = {3}, d2x2[] = {2, 2};
 	struct wire_tensor t[2];
 	struct wire_env env = {0x0001000000000002ull, 1, 2};
-	struct wire_grad_req req = {0x0001000000000005ull, 0x0001000000000009ull, true};
+	struct wire_grad_req req = {0x0001000000000005ull, 0x0001000000000009ull, true, 0x0001000000000003ull};
 
 	init();
 	t[0] = tensor(WIRE_DT_F32, WIRE_LOC_INLINE, 1, d3);

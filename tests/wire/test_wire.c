@@ -178,7 +178,7 @@ static void every_sample_round_trips(void **state)
 static void grad_req_fields(void **state)
 {
 	struct wire_tensor t[4];
-	struct wire_grad_req in[] = {{0, 0, false}, {U64MAX, U64MAX, true}, {1ull << 48, 7, true}};
+	struct wire_grad_req in[] = {{0, 0, false, 0}, {U64MAX, U64MAX, true, U64MAX}, {1ull << 48, 7, true, (2ull << 48) | 9}};
 	struct wire_env envs[] = {{0, 0, 0}, {U64MAX, 0xffff, 0xffff}, {5, 1, 2}};
 	struct wire_msg m;
 	size_t len;
@@ -209,6 +209,7 @@ static void grad_req_fields(void **state)
 			assert_int_equal(m.env.credits, envs[k].credits);
 			assert_true(m.u.grad.req.ctx_id == in[k].ctx_id);
 			assert_true(m.u.grad.req.msg_id == in[k].msg_id);
+			assert_true(m.u.grad.req.pass_id == in[k].pass_id);
 			assert_int_equal(m.u.grad.req.retain_graph, in[k].retain_graph);
 			assert_tensors_equal(t, n, &m.u.grad.tensors);
 		}
@@ -218,7 +219,7 @@ static void grad_req_fields(void **state)
 static void many_tensors_need_no_allocation(void **state)
 {
 	static struct wire_tensor t[5000];
-	struct wire_grad_req g = {1, 2, false};
+	struct wire_grad_req g = {1, 2, false, 0x0001000000000003ull};
 	struct wire_msg m;
 	size_t len;
 	(void)state;
@@ -309,6 +310,61 @@ static void exception_fields(void **state)
 		assert_int_equal(m.u.exc.text.len, lens[k]);
 		if (lens[k])
 			assert_memory_equal(m.u.exc.text.ptr, text, lens[k]);
+	}
+}
+
+static void abort_fields(void **state)
+{
+	static char text[WIRE_MAX_TEXT + 8];
+	uint32_t lens[] = {0, 1, 7, 8, 9, WIRE_MAX_TEXT};
+	struct wire_msg m;
+	size_t len;
+	(void)state;
+
+	memset(text, 'a', sizeof(text));
+	for (size_t k = 0; k < sizeof(lens) / sizeof(lens[0]); k++) {
+		struct wire_abort ab = {k * 0x1111111111ull, U64MAX - k, k % 2 ? INT32_MIN : RDAG_EREMOTE,
+					(uint16_t)(k * 0x3333), {text, lens[k]}};
+
+		ENC(wire_encode_abort(buf, cap, NULL, &ab, &len));
+		assert_int_equal(len % 8, 0);
+		assert_int_equal(wire_decode(abuf, len, &m), 0);
+		assert_int_equal(m.kind, WIRE_BACKWARD_ABORT);
+		assert_true(m.u.abort.ctx_id == ab.ctx_id);
+		assert_true(m.u.abort.pass_id == ab.pass_id);
+		assert_int_equal(m.u.abort.code, ab.code);
+		assert_int_equal(m.u.abort.origin, ab.origin);
+		assert_int_equal(m.u.abort.text.len, lens[k]);
+		if (lens[k])
+			assert_memory_equal(m.u.abort.text.ptr, text, lens[k]);
+	}
+	/* The encoder refuses what the decoder would: a code that is not an error, a text too long. */
+	{
+		struct wire_abort ab = {1, 2, 0, 0, {NULL, 0}};
+
+		assert_int_equal(wire_encode_abort(abuf, sizeof(abuf), NULL, &ab, &len), RDAG_EINVAL);
+		ab.code = RDAG_EREMOTE;
+		ab.text.ptr = text;
+		ab.text.len = WIRE_MAX_TEXT + 1;
+		assert_int_not_equal(wire_encode_abort(abuf, sizeof(abuf), NULL, &ab, &len), 0);
+	}
+	/* The decoder: a positive code, a non-zero reserved field. */
+	{
+		struct wire_abort ab = {1, 2, RDAG_EREMOTE, 3, {text, 5}};
+		uint8_t *b8 = (uint8_t *)abuf;
+
+		ENC(wire_encode_abort(buf, cap, NULL, &ab, &len));
+		b8[40] = 1;
+		b8[41] = b8[42] = b8[43] = 0;
+		assert_int_equal(wire_decode(abuf, len, &m), RDAG_EWIRE_FIELD);
+		ENC(wire_encode_abort(buf, cap, NULL, &ab, &len));
+		b8[46] = 1;
+		assert_int_equal(wire_decode(abuf, len, &m), RDAG_EWIRE_FIELD);
+		ENC(wire_encode_abort(buf, cap, NULL, &ab, &len));
+		b8[52] = 1;
+		assert_int_equal(wire_decode(abuf, len, &m), RDAG_EWIRE_FIELD);
+		ENC(wire_encode_abort(buf, cap, NULL, &ab, &len));
+		assert_int_equal(wire_decode(abuf, len - 8, &m), RDAG_EWIRE_TRUNCATED);
 	}
 }
 
@@ -417,7 +473,7 @@ static void wrappers_and_nesting(void **state)
 {
 	static uint8_t inner[256], a[4096], b[4096];
 	struct wire_devpair dm[WIRE_MAX_DEVMAP];
-	struct wire_grad_req g = {11, 12, true};
+	struct wire_grad_req g = {11, 12, true, 0x0001000000000003ull};
 	struct wire_tensor t = mk(WIRE_DT_F16, WIRE_LOC_INLINE, 1, dims_b);
 	struct wire_msg m, in;
 	size_t ilen, len, len2;
@@ -676,9 +732,9 @@ struct defect {
 };
 
 /*
- * Offsets in the samples: header 0..23; grad_req_8_slot: ctx 24, msg 32, flags 40, count 44,
- * descriptor 0 at 48 (dtype 48, rank 49, loc 50, device type 51, device index 52, flags 54,
- * nbytes 56, dims 64 and 72, slot offset 80, slot length 88).
+ * Offsets in the samples: header 0..23; grad_req_8_slot: ctx 24, msg 32, pass 40, flags 48,
+ * count 52, descriptor 0 at 56 (dtype 56, rank 57, loc 58, device type 59, device index 60,
+ * flags 62, nbytes 64, dims 72 and 80, slot offset 88, slot length 96).
  */
 static const struct defect defects[] = {
 	{"cleanup_req_0", 0, 1, 0x01, true, RDAG_EWIRE_MAGIC, "magic"},
@@ -709,25 +765,25 @@ static const struct defect defects[] = {
 	{"exception_text", 32, 4, 1000, false, RDAG_EWIRE_TRUNCATED, "text past the end"},
 	{"exception_text", 32, 4, 49, false, RDAG_EWIRE_FIELD, "text padding not zero"},
 	{"exception_text", 32, 4, 8, false, RDAG_EWIRE_TRAILING, "text shorter than its room"},
-	{"grad_req_8_slot", 40, 4, 2, false, RDAG_EWIRE_FLAGS, "grad flags"},
-	{"grad_req_8_slot", 44, 4, WIRE_MAX_TENSORS + 1, false, RDAG_EWIRE_COUNT, "tensor count"},
-	{"grad_req_8_slot", 44, 4, 9, false, RDAG_EWIRE_TRUNCATED, "one tensor too many"},
-	{"grad_req_8_slot", 44, 4, 7, false, RDAG_EWIRE_TRAILING, "one tensor too few"},
-	{"grad_req_8_slot", 48, 1, 0, false, RDAG_EWIRE_DTYPE, "dtype 0"},
-	{"grad_req_8_slot", 48, 1, WIRE_DT_COUNT_, false, RDAG_EWIRE_DTYPE, "dtype unknown"},
-	{"grad_req_8_slot", 49, 1, 9, false, RDAG_EWIRE_COUNT, "rank 9"},
-	{"grad_req_8_slot", 49, 1, 1, false, RDAG_EWIRE_SHAPE, "rank 1 of a 2-d tensor"},
-	{"grad_req_8_slot", 50, 1, WIRE_LOC_COUNT_, false, RDAG_EWIRE_LOCATION, "location unknown"},
-	{"grad_req_8_slot", 51, 1, 2, false, RDAG_EWIRE_DEVICE, "device type unknown"},
-	{"grad_req_8_slot", 52, 2, 1, false, RDAG_EWIRE_FIELD, "cpu device 1"},
-	{"grad_req_8_slot", 54, 2, 0x0003, false, RDAG_EWIRE_FLAGS, "tensor flags"},
-	{"grad_req_8_slot", 56, 8, 4 * 64 * 64 + 4, false, RDAG_EWIRE_SHAPE, "nbytes != shape"},
-	{"grad_req_8_slot", 64, 8, (uint64_t)-64, false, RDAG_EWIRE_SHAPE, "negative dim"},
-	{"grad_req_8_slot", 64, 8, 1ull << 62, false, RDAG_EWIRE_SHAPE, "shape product overflow"},
-	{"grad_req_8_slot", 80, 8, U64MAX, false, RDAG_EWIRE_LENGTH, "slot offset + length overflow"},
-	{"grad_req_8_slot", 88, 8, 100, false, RDAG_EWIRE_FIELD, "slot smaller than the tensor"},
-	{"grad_req_1_inline", 56, 8, 36, false, RDAG_EWIRE_SHAPE, "inline nbytes != shape"},
-	{"grad_req_1_inline", 64, 8, 1000, false, RDAG_EWIRE_SHAPE, "inline dim changed"},
+	{"grad_req_8_slot", 48, 4, 2, false, RDAG_EWIRE_FLAGS, "grad flags"},
+	{"grad_req_8_slot", 52, 4, WIRE_MAX_TENSORS + 1, false, RDAG_EWIRE_COUNT, "tensor count"},
+	{"grad_req_8_slot", 52, 4, 9, false, RDAG_EWIRE_TRUNCATED, "one tensor too many"},
+	{"grad_req_8_slot", 52, 4, 7, false, RDAG_EWIRE_TRAILING, "one tensor too few"},
+	{"grad_req_8_slot", 56, 1, 0, false, RDAG_EWIRE_DTYPE, "dtype 0"},
+	{"grad_req_8_slot", 56, 1, WIRE_DT_COUNT_, false, RDAG_EWIRE_DTYPE, "dtype unknown"},
+	{"grad_req_8_slot", 57, 1, 9, false, RDAG_EWIRE_COUNT, "rank 9"},
+	{"grad_req_8_slot", 57, 1, 1, false, RDAG_EWIRE_SHAPE, "rank 1 of a 2-d tensor"},
+	{"grad_req_8_slot", 58, 1, WIRE_LOC_COUNT_, false, RDAG_EWIRE_LOCATION, "location unknown"},
+	{"grad_req_8_slot", 59, 1, 2, false, RDAG_EWIRE_DEVICE, "device type unknown"},
+	{"grad_req_8_slot", 60, 2, 1, false, RDAG_EWIRE_FIELD, "cpu device 1"},
+	{"grad_req_8_slot", 62, 2, 0x0003, false, RDAG_EWIRE_FLAGS, "tensor flags"},
+	{"grad_req_8_slot", 64, 8, 4 * 64 * 64 + 4, false, RDAG_EWIRE_SHAPE, "nbytes != shape"},
+	{"grad_req_8_slot", 72, 8, (uint64_t)-64, false, RDAG_EWIRE_SHAPE, "negative dim"},
+	{"grad_req_8_slot", 72, 8, 1ull << 62, false, RDAG_EWIRE_SHAPE, "shape product overflow"},
+	{"grad_req_8_slot", 88, 8, U64MAX, false, RDAG_EWIRE_LENGTH, "slot offset + length overflow"},
+	{"grad_req_8_slot", 96, 8, 100, false, RDAG_EWIRE_FIELD, "slot smaller than the tensor"},
+	{"grad_req_1_inline", 64, 8, 36, false, RDAG_EWIRE_SHAPE, "inline nbytes != shape"},
+	{"grad_req_1_inline", 72, 8, 1000, false, RDAG_EWIRE_SHAPE, "inline dim changed"},
 	{"fwd_req_no_devmap", 42, 2, WIRE_MAX_DEVMAP + 1, false, RDAG_EWIRE_COUNT, "device-map count"},
 	{"fwd_req_no_devmap", 44, 4, 1, false, RDAG_EWIRE_FIELD, "forward reserved"},
 	{"fwd_req_full_devmap", 48, 1, 5, false, RDAG_EWIRE_DEVICE, "device-map device type"},
@@ -804,15 +860,15 @@ static void structural_defects(void **state)
 	{
 		struct wire_tensor t = mk(WIRE_DT_U8, WIRE_LOC_INLINE, 1, (int64_t[]){3});
 
-		assert_int_equal(wire_encode_grad_req(a, sizeof(a), NULL, &(struct wire_grad_req){1, 2, 0},
+		assert_int_equal(wire_encode_grad_req(a, sizeof(a), NULL, &(struct wire_grad_req){1, 2, 0, 0x0001000000000003ull},
 						      &t, 1, &len), 0);
-		assert_int_equal(len, 48 + 24 + 8);
-		a[48 + 24 + 5] = 1; /* a padding byte after the 3 inline bytes */
+		assert_int_equal(len, 56 + 24 + 8);
+		a[56 + 24 + 5] = 1; /* a padding byte after the 3 inline bytes */
 		assert_int_equal(decode_exact(a, len, &m, NULL), RDAG_EWIRE_FIELD);
 		/* Inline bytes that run past the end. */
-		a[48 + 24 + 5] = 0;
-		put_le(a + 56, 16, 8);
+		a[56 + 24 + 5] = 0;
 		put_le(a + 64, 16, 8);
+		put_le(a + 72, 16, 8);
 		assert_int_equal(decode_exact(a, len, &m, NULL), RDAG_EWIRE_TRUNCATED);
 	}
 
@@ -919,7 +975,7 @@ static void unaligned_buffers(void **state)
 static void encoders_refuse_invalid_input(void **state)
 {
 	static uint8_t buf[4096];
-	struct wire_grad_req g = {1, 2, false};
+	struct wire_grad_req g = {1, 2, false, 0x0001000000000003ull};
 	struct wire_tensor ok = mk(WIRE_DT_F32, WIRE_LOC_SLOT, 2, dims_a), t;
 	size_t len;
 	(void)state;
@@ -1037,6 +1093,7 @@ int main(void)
 		cmocka_unit_test(many_tensors_need_no_allocation),
 		cmocka_unit_test(handshake_and_credit_fields),
 		cmocka_unit_test(exception_fields),
+		cmocka_unit_test(abort_fields),
 		cmocka_unit_test(rpc_and_rref_fields),
 		cmocka_unit_test(wrappers_and_nesting),
 		cmocka_unit_test(nesting_is_bounded),
