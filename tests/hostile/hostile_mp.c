@@ -1,4 +1,5 @@
 /* Hostile-input tests: a rogue process misbehaves, through rdag's internal layers, against honest agents. */
+#include <malloc.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -585,11 +586,127 @@ static int token_rogue(struct hm *h, int lfd, int port)
 	return atomic_load(&h->fail) ? 1 : 0;
 }
 
+/* ---- load: 10,000 live contexts on worker 0, made by remote calls from workers 1 and 2 ------- */
+
+#define HM_LOAD_CTX 5000 /* per caller */
+
+static int fn_mem(void *arg, const struct rdag_caller *who, const struct rdag_msg *in,
+		  rdag_reply_t *out)
+{
+	struct hm *h = arg;
+	struct mallinfo2 mi = mallinfo2();
+	uint64_t v[2] = {mi.uordblks + mi.hblkhd, rdag_ctx_count(h->a)};
+
+	(void)who;
+	(void)in;
+	return rdag_reply_payload(out, v, sizeof(v));
+}
+
+static void mem_of_0(struct hm *h, uint64_t v[2])
+{
+	struct rdag_msg args, m;
+	struct rdag_call_opts opts = {.flags = RDAG_CALL_PLAIN};
+	rdag_future_t *f = NULL;
+	int rc;
+
+	memset(&args, 0, sizeof(args));
+	v[0] = v[1] = 0;
+	rc = rdag_rpc_sync(h->a, 0, "mem", &args, &opts, &f);
+	if (!rc)
+		rc = rdag_future_result(f, &m);
+	CHECK(h, rc == 0 && m.payload_len == 2 * sizeof(uint64_t), "mem on 0: %s", rdag_last_error());
+	if (!rc && m.payload_len == 2 * sizeof(uint64_t))
+		memcpy(v, m.payload, 2 * sizeof(uint64_t));
+	rdag_future_free(f);
+}
+
+static int load(struct hm *h, int lfd, int port, int world)
+{
+	static const struct mp_fn fns[] = {{"ident", fn_ident}, {"mem", fn_mem}};
+	const char *bad = NULL;
+	uint64_t *ids = NULL, m0[2] = {0, 0}, m1[2] = {0, 0};
+	int rc;
+
+	phase(h, "open");
+	rc = mp_agent_open(&h->a, "hostile-load", h->rank, world, lfd, port, RDAG_PROGRESS_THREAD);
+	if (rc)
+		return rc;
+	rc = mp_register(h->a, fns, 2, h, &bad);
+	CHECK(h, rc == 0, "rdag_register(%s): %s", bad ? bad : "?", rdag_last_error());
+	barrier(h, "registered");
+	if (h->rank == 1)
+		mem_of_0(h, m0);
+	barrier(h, "baseline");
+	if (h->rank > 0) {
+		float xv = X0;
+		int64_t one = 1;
+		struct rdag_tensor x;
+
+		phase(h, "making contexts");
+		ids = calloc(HM_LOAD_CTX, sizeof(*ids));
+		CHECK(h, ids != NULL, "out of memory");
+		rdag_tensor_init(&x, &xv, RDAG_F32, 1, &one);
+		x.requires_grad = true;
+		x.grad_kind = RDAG_GRAD_LEAF;
+		x.grad_fn.node = &leaf_key;
+		for (int i = 0; ids && i < HM_LOAD_CTX && !atomic_load(&h->fail); i++) {
+			struct rdag_msg args = {.tensors = &x, .ntensors = 1}, m;
+			rdag_future_t *f = NULL;
+
+			rc = rdag_ctx_create(h->a, &ids[i]);
+			if (!rc)
+				rc = rdag_rpc_sync(h->a, 0, "ident", &args, NULL, &f);
+			if (!rc)
+				rc = rdag_future_result(f, &m);
+			CHECK(h, rc == 0, "context %d: %s", i, rdag_last_error());
+			rdag_future_free(f);
+			rdag_ctx_set_current(h->a, 0, 0);
+		}
+	}
+	barrier(h, "contexts made");
+	if (h->rank == 1) {
+		mem_of_0(h, m1);
+		CHECK(h, m1[1] == 2 * HM_LOAD_CTX, "worker 0 holds %llu contexts, expected %d",
+		      (unsigned long long)m1[1], 2 * HM_LOAD_CTX);
+		printf("load: worker 0 holds %llu contexts (each with one recv and one send function): "
+		       "heap %llu -> %llu bytes, %.0f bytes per context\n",
+		       (unsigned long long)m1[1], (unsigned long long)m0[0], (unsigned long long)m1[0],
+		       ((double)m1[0] - (double)m0[0]) / (double)(m1[1] - m0[1]));
+	}
+	barrier(h, "measured");
+	if (h->rank > 0 && ids) {
+		phase(h, "releasing");
+		for (int i = 0; i < HM_LOAD_CTX; i++)
+			CHECK(h, rdag_ctx_release(h->a, ids[i]) == 0, "release %d: %s", i,
+			      rdag_last_error());
+	}
+	/* Cleanups reach worker 0 asynchronously: it waits (bounded) until it holds none. */
+	barrier(h, "released");
+	if (h->rank == 0) {
+		uint64_t dl = mp_now_ns() + 60ull * 1000000000ull;
+
+		phase(h, "waiting for the cleanups");
+		while (rdag_ctx_count(h->a) && mp_wait_until(dl))
+			;
+		CHECK(h, rdag_ctx_count(h->a) == 0, "worker 0 still holds %zu contexts after release",
+		      rdag_ctx_count(h->a));
+	}
+	CHECK(h, rdag_ctx_count(h->a) == 0, "worker %d holds %zu contexts", h->rank,
+	      rdag_ctx_count(h->a));
+	barrier(h, "accounted");
+	free(ids);
+	phase(h, "close");
+	rdag_agent_close(h->a);
+	if (h->rank == 0 && !atomic_load(&h->fail))
+		mp_passed(h->cfg);
+	return atomic_load(&h->fail) ? 1 : 0;
+}
+
 /* ---- the worker and main --------------------------------------------------------------------- */
 
 struct hm_run {
 	struct hm_board *board;
-	int token, replay_live, oversized;
+	int token, replay_live, oversized, load;
 };
 
 static int worker(const struct mp_cfg *cfg, void *arg, int rank, int lfd, int port, int ready_fd)
@@ -605,6 +722,8 @@ static int worker(const struct mp_cfg *cfg, void *arg, int rank, int lfd, int po
 	h.replay_live = r->replay_live;
 	h.oversized = r->oversized;
 	mp_use_provider(cfg->prov);
+	if (r->load)
+		return load(&h, lfd, port, cfg->n);
 	if (r->token) {
 		if (rank == 2)
 			return token_rogue(&h, lfd, port);
@@ -628,9 +747,10 @@ int main(int argc, char **argv)
 
 	if (mp_parse(argc, argv, "n:t:p:", &cfg) || !cfg.scenario ||
 	    (strcmp(cfg.scenario, "token") && strcmp(cfg.scenario, "rogue") &&
-	     strcmp(cfg.scenario, "replay_live") && strcmp(cfg.scenario, "oversized"))) {
+	     strcmp(cfg.scenario, "replay_live") && strcmp(cfg.scenario, "oversized") &&
+	     strcmp(cfg.scenario, "load"))) {
 		fprintf(stderr, "usage: hostile_mp [-n 3] [-t seconds] [-p provider] "
-			"token|rogue|replay_live|oversized\n");
+			"token|rogue|replay_live|oversized|load\n");
 		return 2;
 	}
 	cfg.n = 3;
@@ -638,6 +758,7 @@ int main(int argc, char **argv)
 	r.token = strcmp(cfg.scenario, "token") == 0;
 	r.replay_live = strcmp(cfg.scenario, "replay_live") == 0;
 	r.oversized = strcmp(cfg.scenario, "oversized") == 0;
+	r.load = strcmp(cfg.scenario, "load") == 0;
 	r.board = mp_shared_map(sizeof(*r.board));
 	if (!r.board) {
 		perror("hostile_mp: mmap");
