@@ -615,7 +615,7 @@ static int client_open(struct boot *b, const struct boot_opts *o)
 
 		rc = boot_status_decode(b->rx.body, b->rx.h.len, &code, msg, sizeof(msg));
 		if (rc == 0 && b->rx.h.type == BOOT_REFUSE)
-			rc = err_set(code, "rank 0 at %s refused rank %u: %s (this rank's job token comes from "
+			rc = err_set(code, "%s refused rank %u: %s (this rank's job token comes from "
 				     "%s)", b->where, b->rank, msg, b->token_src);
 		else if (rc == 0)
 			rc = err_set(code, "rank 0 at %s aborted the rendezvous: %s", b->where, msg);
