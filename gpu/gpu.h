@@ -149,7 +149,8 @@ enum gpu_transport {
 
 /* What one side offers. */
 struct gpu_side_caps {
-	int cuda;               /* built with CUDA and the driver loads */
+	int built;              /* built with CUDA */
+	int cuda;               /* ... and the driver loads */
 	int ndevices;           /* usable devices */
 	int nic_device_mem;     /* the fabric can register device memory (dma-buf, peermem, FI_HMEM) */
 	int nccl;               /* NCCL loads */
@@ -169,7 +170,8 @@ const char *gpu_transport_name(enum gpu_transport t);
  *  - auto: gdr when both sides' fabrics can register device memory, else nccl when NCCL and a
  *    device exist on both sides, else host staging when this side has a device;
  *  - a forced choice is taken only when available.
- * Returns 0 and *out (why says why), or RDAG_ENOGPU / RDAG_ENOCUDA / RDAG_ENONCCL / RDAG_ENOSYS
+ * Returns 0 and *out (why says why), or RDAG_ENOCUDA / RDAG_ENOCUDA_DRIVER / RDAG_ENOGPU /
+ * RDAG_ENONCCL / RDAG_ENOSYS
  * with why saying what is missing. why is always filled (whylen > 0).
  */
 int gpu_transport_select(enum gpu_transport want, const struct gpu_caps *caps,

@@ -45,9 +45,13 @@ const char *gpu_transport_name(enum gpu_transport t)
 /* Why a side has no device: the first missing layer. Returns the matching code. */
 static int side_missing(const struct gpu_side_caps *s, const char *who, char *why, size_t whylen)
 {
-	if (!s->cuda) {
-		snprintf(why, whylen, "%s has no CUDA (not built with it, or no driver)", who);
+	if (!s->built) {
+		snprintf(why, whylen, "%s was built without CUDA", who);
 		return RDAG_ENOCUDA;
+	}
+	if (!s->cuda) {
+		snprintf(why, whylen, "%s has no CUDA driver", who);
+		return RDAG_ENOCUDA_DRIVER;
 	}
 	snprintf(why, whylen, "%s has no GPU device", who);
 	return RDAG_ENOGPU;
@@ -55,7 +59,7 @@ static int side_missing(const struct gpu_side_caps *s, const char *who, char *wh
 
 static int side_has_gpu(const struct gpu_side_caps *s)
 {
-	return s->cuda && s->ndevices > 0;
+	return s->built && s->cuda && s->ndevices > 0;
 }
 
 int gpu_transport_select(enum gpu_transport want, const struct gpu_caps *caps,

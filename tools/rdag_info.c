@@ -9,13 +9,16 @@
 
 #include "fabric/fabric.h"
 #include "fabric/ofi/ofi.h"
+#include "gpu/gpu.h"
 
 /*
  * Usage: rdag_info [-p provider] [-h]
  * Like fi_info and ibv_devinfo, from rdag's point of view: which libfabric providers offer what
  * rdag needs (RDM endpoints, messages, RDMA write, remote CQ data) and with which MR modes,
  * capabilities and limits; which are listed by libfabric but not usable, and why; whether the
- * verbs provider finds a device; and what RDAG_FABRIC=auto would choose, and why.
+ * verbs provider finds a device; and what RDAG_FABRIC=auto would choose, and why; then the GPU
+ * side: CUDA build, driver, devices, dma-buf / peer-memory / FI_HMEM registration, NCCL, and
+ * what RDAG_GPU_TRANSPORT would choose.
  */
 
 static void usage(FILE *f)
@@ -229,6 +232,107 @@ static void list_unusable(const char *only, char seen[][64], int nseen)
 	fi_freeinfo(list);
 }
 
+/* Whether some libfabric provider (opts->ofi_provider, or any) offers rdag's needs with FI_HMEM. */
+static int ofi_hmem_provider(const struct fab_open_opts *opts, char *name, size_t len)
+{
+	struct fi_info *h = ofi_hints(opts, opts->ofi_provider, 0), *list = NULL;
+	int found = 0;
+
+	if (!h)
+		return 0;
+	h->caps |= FI_HMEM;
+	h->domain_attr->mr_mode |= FI_MR_HMEM;
+	if (fi_getinfo(FI_VERSION(1, 14), NULL, NULL, 0, h, &list) == 0) {
+		for (struct fi_info *i = list; i && !found; i = i->next) {
+			char why[400];
+
+			if ((i->caps & FI_HMEM) && ofi_check_info(i, why, sizeof(why)) == 0) {
+				snprintf(name, len, "%s", i->fabric_attr->prov_name);
+				found = 1;
+			}
+		}
+		fi_freeinfo(list);
+	}
+	fi_freeinfo(h);
+	return found;
+}
+
+/* The GPU section: build, driver, devices, registration paths, NCCL, the transport auto picks. */
+static void show_gpu(const struct fab_open_opts *opts)
+{
+	const char *peermem = gpu_peermem_module(NULL);
+	const char *env = getenv("RDAG_GPU_TRANSPORT");
+	struct gpu_caps caps = {0};
+	struct gpu_info gi;
+	const struct fab_ops *ops = NULL;
+	enum gpu_transport want, got;
+	enum gpu_reg_method method = GPU_REG_NONE;
+	char why[400], prov[64] = "";
+	int rc, nrc, nccl_version = 0, dmabuf0 = 0, hmem;
+
+	printf("\nGPU (gpu/):\n");
+	printf("  CUDA support in this build: %s\n", gpu_built() ? "on" : "off (RDAG_WITH_CUDA=OFF or no toolkit)");
+	rc = gpu_probe(&gi);
+	if (gi.built)
+		printf("  CUDA driver: %s%s%s\n", gi.driver_loaded ? "loaded, " : "missing: ",
+		       gi.driver_loaded ? gi.library : gi.why,
+		       gi.driver_loaded && gi.driver_version ? "" : "");
+	if (gi.driver_loaded)
+		printf("  driver version %d; %s\n", gi.driver_version, rc ? gi.why : "");
+	printf("  devices: %d\n", gi.ndevices);
+	for (int d = 0; d < gi.ndevices; d++) {
+		struct gpu_device_info di;
+
+		if (gpu_device_query(d, &di) != 0) {
+			printf("    %d: %s\n", d, rdag_last_error());
+			continue;
+		}
+		printf("    %d: %s, PCI %s, %zu MiB, dma-buf %s, GPUDirect RDMA %s\n", d, di.name,
+		       di.pci_bus_id, di.total_mem >> 20, di.dmabuf_supported ? "yes" : "no",
+		       di.gdr_supported ? "yes" : "no");
+		if (d == 0)
+			dmabuf0 = di.dmabuf_supported;
+	}
+	printf("  peer-memory module: %s\n", peermem ? peermem : "none loaded (nvidia_peermem, nv_peer_mem)");
+	if (gi.ndevices > 0) {
+		method = gpu_reg_method_choose(dmabuf0, peermem != NULL);
+		printf("  verbs registration of device memory: %s\n", gpu_reg_method_name(method));
+	} else {
+		printf("  verbs registration of device memory: none (no device)\n");
+	}
+	hmem = ofi_hmem_provider(opts, prov, sizeof(prov));
+	printf("  libfabric FI_HMEM: %s%s\n", hmem ? "offered by " : "no provider offers it", prov);
+	if (hmem)
+		printf("    (whether it covers CUDA shows only at registration: Debian's libfabric "
+		       "1.17 is built without FI_HMEM_CUDA)\n");
+	if (hmem && !ofi_want_hmem())
+		printf("    (set RDAG_OFI_HMEM=1 so the ofi provider asks for it)\n");
+	nrc = gpu_nccl_load(&nccl_version);
+	if (nrc == 0)
+		printf("  NCCL: version %d\n", nccl_version);
+	else
+		printf("  NCCL: %s\n", rdag_last_error());
+
+	caps.local.built = gi.built;
+	caps.local.cuda = gi.driver_loaded;
+	caps.local.ndevices = gi.ndevices;
+	caps.local.nccl = nrc == 0;
+	if (fab_select(opts, &ops, why, sizeof(why)) == 0 && ops)
+		caps.local.nic_device_mem = strcmp(ops->name, "verbs") == 0 ? method != GPU_REG_NONE
+									      : hmem && ofi_want_hmem();
+	caps.peer = caps.local; /* the peer is assumed alike this host */
+	if (gpu_transport_parse(env, &want) != 0) {
+		printf("  RDAG_GPU_TRANSPORT: %s\n", rdag_last_error());
+		return;
+	}
+	rc = gpu_transport_select(want, &caps, &got, why, sizeof(why));
+	printf("  RDAG_GPU_TRANSPORT=%s (peers assumed alike this host, fabric %s):\n      -> %s%s\n",
+	       gpu_transport_name(want), ops ? ops->name : "none", rc ? "no GPU path: " : "", why);
+	if (rc == 0 && got == GPU_TRANSPORT_HOST)
+		printf("      (host staging: GPU gradients go through pinned host buffers, neither "
+		       "GPUDirect RDMA nor NCCL is available)\n");
+}
+
 static void show_choice(const char *label, const struct fab_open_opts *opts)
 {
 	const struct fab_ops *ops;
@@ -289,6 +393,12 @@ int main(int argc, char **argv)
 			 getenv("RDAG_OFI_PROVIDER") ? getenv("RDAG_OFI_PROVIDER") : "");
 		show_choice(label, &opts);
 	}
+	o = opts;
+	o.local_only = 1;
+	show_gpu(&o);
+	o = opts;
+	o.provider = "auto";
+	o.ofi_provider = NULL;
 	o.local_only = 0;
 	return fab_select(&o, &ops, why, sizeof(why)) == 0 ? 0 : 1;
 }

@@ -65,7 +65,7 @@ static void transport_parse(void **state)
 	}
 }
 
-static const struct gpu_side_caps FULL = {.cuda = 1, .ndevices = 2, .nic_device_mem = 1, .nccl = 1};
+static const struct gpu_side_caps FULL = {.built = 1, .cuda = 1, .ndevices = 2, .nic_device_mem = 1, .nccl = 1};
 
 struct sel_case {
 	enum gpu_transport want;
@@ -77,10 +77,11 @@ struct sel_case {
 
 static void transport_select(void **state)
 {
-	const struct gpu_side_caps nonic = {.cuda = 1, .ndevices = 1, .nic_device_mem = 0, .nccl = 1};
-	const struct gpu_side_caps bare = {.cuda = 1, .ndevices = 1};
-	const struct gpu_side_caps nodev = {.cuda = 1, .ndevices = 0, .nic_device_mem = 0, .nccl = 1};
+	const struct gpu_side_caps nonic = {.built = 1, .cuda = 1, .ndevices = 1, .nic_device_mem = 0, .nccl = 1};
+	const struct gpu_side_caps bare = {.built = 1, .cuda = 1, .ndevices = 1};
+	const struct gpu_side_caps nodev = {.built = 1, .cuda = 1, .ndevices = 0, .nic_device_mem = 0, .nccl = 1};
 	const struct gpu_side_caps nocuda = {0};
+	const struct gpu_side_caps nodriver = {.built = 1, .nccl = 1};
 	const struct sel_case cases[] = {
 		{GPU_TRANSPORT_AUTO, FULL, FULL, 0, GPU_TRANSPORT_GDR, "gdr: both fabrics register device memory"},
 		{GPU_TRANSPORT_AUTO, nonic, FULL, 0, GPU_TRANSPORT_NCCL,
@@ -95,7 +96,9 @@ static void transport_select(void **state)
 		 "host staging: this fabric cannot register device memory and NCCL is missing on the peer"},
 		{GPU_TRANSPORT_AUTO, nodev, FULL, RDAG_ENOGPU, GPU_TRANSPORT_AUTO, "this worker has no GPU device"},
 		{GPU_TRANSPORT_AUTO, nocuda, FULL, RDAG_ENOCUDA, GPU_TRANSPORT_AUTO,
-		 "this worker has no CUDA (not built with it, or no driver)"},
+		 "this worker was built without CUDA"},
+		{GPU_TRANSPORT_AUTO, nodriver, FULL, RDAG_ENOCUDA_DRIVER, GPU_TRANSPORT_AUTO,
+		 "this worker has no CUDA driver"},
 		{GPU_TRANSPORT_GDR, FULL, FULL, 0, GPU_TRANSPORT_GDR, "gdr (forced): both fabrics register device memory"},
 		{GPU_TRANSPORT_GDR, nonic, FULL, RDAG_ENOSYS, GPU_TRANSPORT_AUTO,
 		 "gdr forced, but this worker's fabric cannot register device memory (no dma-buf, "
@@ -113,7 +116,9 @@ static void transport_select(void **state)
 		{GPU_TRANSPORT_NCCL, nodev, FULL, RDAG_ENOGPU, GPU_TRANSPORT_AUTO, "this worker has no GPU device"},
 		{GPU_TRANSPORT_HOST, bare, nocuda, 0, GPU_TRANSPORT_HOST, "host staging (forced)"},
 		{GPU_TRANSPORT_HOST, nocuda, FULL, RDAG_ENOCUDA, GPU_TRANSPORT_AUTO,
-		 "this worker has no CUDA (not built with it, or no driver)"},
+		 "this worker was built without CUDA"},
+		{GPU_TRANSPORT_GDR, nodriver, FULL, RDAG_ENOCUDA_DRIVER, GPU_TRANSPORT_AUTO,
+		 "this worker has no CUDA driver"},
 	};
 	(void)state;
 	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
@@ -472,6 +477,7 @@ static void child_no_device(void)
 	CHILD_CHECK(strstr(rdag_last_error(), "(version 13000) found no CUDA device") != NULL);
 	CHILD_CHECK(gpu_probe(&gi) == RDAG_ENOGPU);
 	CHILD_CHECK(gi.built && gi.driver_loaded && gi.driver_version == 13000 && gi.ndevices == 0);
+	caps.local.built = gi.built;
 	caps.local.cuda = gi.driver_loaded;
 	caps.local.ndevices = gi.ndevices;
 	caps.peer = FULL;
