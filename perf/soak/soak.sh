@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Soak (outside CI): a 4-worker backward chain for a while, sampling each worker's memory, fds and mappings; fails unless flat.
+#   perf/soak/soak.sh <build dir> [seconds (600)] [provider (shm)] [sample every s (5)] [bytes (64K)]
+# Runs rdag_perf_backward's chain (-C: every gradient element checked after every pass) with more
+# passes than the time allows, samples every worker's VmRSS, open fds and /proc/<pid>/maps lines
+# (arenas, shm regions and registered buffers are mappings) every few seconds, and stops it at the
+# end. Samples go to $SOAK_OUT (default ./soak-samples.tsv).
+# Criterion, per worker, after a warm-up of a tenth of the run (at least 30 s): the mean RSS of the
+# last quarter of the samples exceeds that of the first quarter by at most max(1 MiB, 2 %), and the
+# fd and mapping counts never exceed their first post-warm-up values. The chain must still be
+# running (no failure) when the time is up.
+set -uo pipefail
+build=${1:?usage: soak.sh <build dir> [seconds] [provider] [every] [bytes]}
+secs=${2:-600} prov=${3:-shm} every=${4:-5} size=${5:-64K}
+tool=$build/perf/rdag/rdag_perf_backward
+out=${SOAK_OUT:-soak-samples.tsv}
+[ -x "$tool" ] || { echo "soak: $tool not built" >&2; exit 1; }
+warm=$(( secs / 10 )); [ $warm -lt 30 ] && warm=30
+[ $warm -ge $secs ] && warm=$(( secs / 2 ))
+
+"$tool" -W 4 -P "$prov" -s "$size" -n 100000000 -w 1 -o scale -C -T 120 > soak-tool.log 2>&1 &
+tpid=$!
+sleep 1
+printf 't\tpid\trss_kib\tfds\tmaps\n' > "$out"
+start=$(date +%s)
+while :; do
+  now=$(( $(date +%s) - start ))
+  [ $now -ge $secs ] && break
+  kill -0 $tpid 2>/dev/null || { echo "soak: the chain stopped after $now s:" >&2; tail -5 soak-tool.log >&2; exit 1; }
+  for p in $tpid $(pgrep -P $tpid); do
+    rss=$(awk '/^VmRSS/ {print $2}' /proc/$p/status 2>/dev/null) || continue
+    fds=$(ls /proc/$p/fd 2>/dev/null | wc -l)
+    maps=$(wc -l < /proc/$p/maps 2>/dev/null)
+    printf '%s\t%s\t%s\t%s\t%s\n' "$now" "$p" "$rss" "$fds" "$maps" >> "$out"
+  done
+  sleep "$every"
+done
+kill -TERM -- $tpid $(pgrep -P $tpid) 2>/dev/null
+wait $tpid 2>/dev/null
+
+awk -v warm=$warm -F'\t' '
+NR > 1 && $1 >= warm { n[$2]++; t[$2, n[$2]] = $3; f[$2, n[$2]] = $4; m[$2, n[$2]] = $5 }
+END {
+  bad = 0
+  for (p in n) {
+    k = n[p]; q = int(k / 4); if (q < 1) { print "soak: too few samples for " p; bad = 1; continue }
+    a = 0; b = 0
+    for (i = 1; i <= q; i++) { a += t[p, i]; b += t[p, k - q + i] }
+    a /= q; b /= q
+    lim = a * 0.02; if (lim < 1024) lim = 1024
+    mf = 0; mm = 0
+    for (i = 1; i <= k; i++) { if (f[p, i] > f[p, 1]) mf = 1; if (m[p, i] > m[p, 1]) mm = 1 }
+    verdict = (b - a <= lim && !mf && !mm) ? "flat" : "GROWS"
+    if (verdict != "flat") bad = 1
+    printf "soak: pid %s: %d samples, RSS %.0f -> %.0f KiB (limit +%.0f), fds %d -> %d, maps %d -> %d: %s\n",
+           p, k, a, b, lim, f[p, 1], f[p, k], m[p, 1], m[p, k], verdict
+  }
+  exit bad
+}' "$out"
