@@ -2,9 +2,9 @@
 # Soak (outside CI): a 4-worker backward chain for a while, sampling each worker's memory, fds and mappings; fails unless flat.
 #   perf/soak/soak.sh <build dir> [seconds (600)] [provider (shm)] [sample every s (5)] [bytes (64K)]
 # Runs rdag_perf_backward's chain (-C: every gradient element checked after every pass) with more
-# passes than the time allows, samples every worker's VmRSS, open fds and /proc/<pid>/maps lines
+# passes than the time allows (2,000 per second), samples every worker's VmRSS, open fds and /proc/<pid>/maps lines
 # (arenas, shm regions and registered buffers are mappings) every few seconds, and stops it at the
-# end. Samples go to $SOAK_OUT (default ./soak-samples.tsv).
+# end. Samples go to $SOAK_OUT (default ./soak-samples.tsv), the tool's output beside it (-tool.log).
 # Criterion, per worker, after a warm-up of a tenth of the run (at least 30 s): the mean RSS of the
 # last quarter of the samples exceeds that of the first quarter by at most max(1 MiB, 2 %), and the
 # fd and mapping counts never exceed their first post-warm-up values. The chain must still be
@@ -14,11 +14,12 @@ build=${1:?usage: soak.sh <build dir> [seconds] [provider] [every] [bytes]}
 secs=${2:-600} prov=${3:-shm} every=${4:-5} size=${5:-64K}
 tool=$build/perf/rdag/rdag_perf_backward
 out=${SOAK_OUT:-soak-samples.tsv}
+log=${out%.tsv}-tool.log
 [ -x "$tool" ] || { echo "soak: $tool not built" >&2; exit 1; }
 warm=$(( secs / 10 )); [ $warm -lt 30 ] && warm=30
 [ $warm -ge $secs ] && warm=$(( secs / 2 ))
 
-"$tool" -W 4 -P "$prov" -s "$size" -n 100000000 -w 1 -o scale -C -T 120 > soak-tool.log 2>&1 &
+"$tool" -W 4 -P "$prov" -s "$size" -n $(( secs * 2000 )) -w 1 -o scale -C -T 120 > "$log" 2>&1 &
 tpid=$!
 sleep 1
 printf 't\tpid\trss_kib\tfds\tmaps\n' > "$out"
@@ -26,7 +27,7 @@ start=$(date +%s)
 while :; do
   now=$(( $(date +%s) - start ))
   [ $now -ge $secs ] && break
-  kill -0 $tpid 2>/dev/null || { echo "soak: the chain stopped after $now s:" >&2; tail -5 soak-tool.log >&2; exit 1; }
+  kill -0 $tpid 2>/dev/null || { echo "soak: the chain stopped after $now s:" >&2; tail -5 "$log" >&2; exit 1; }
   for p in $tpid $(pgrep -P $tpid); do
     rss=$(awk '/^VmRSS/ {print $2}' /proc/$p/status 2>/dev/null) || continue
     fds=$(ls /proc/$p/fd 2>/dev/null | wc -l)
