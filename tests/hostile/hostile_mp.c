@@ -59,6 +59,7 @@ struct hm {
 	int got_kind, got_code;
 	int replay_live;     /* scenario replay_live: the rogue replays into a live context */
 	int oversized;       /* scenario oversized: the rogue ends with a frame too large */
+	int cfg_oversized;   /* the same, seen by the honest workers */
 	char got_text[512];
 };
 
@@ -228,6 +229,15 @@ static int honest(struct hm *h, int lfd, int port, int world)
 				round_trip(h, 0, 1);
 		}
 		barrier(h, "rogue done");
+		if (h->rank == 1 && !h->cfg_oversized) {
+			uint64_t dl = mp_now_ns() + 20ull * 1000000000ull;
+
+			phase(h, "waiting for the rogue to be cut off");
+			while (!xport_peer_dead(h->a->x, (uint32_t)world - 1) && mp_wait_until(dl))
+				;
+			CHECK(h, xport_peer_dead(h->a->x, (uint32_t)world - 1),
+			      "the handshake of another job did not cut the rogue off");
+		}
 	}
 	phase(h, "honest passes after");
 	round_trip(h, (uint32_t)peer, 1);
@@ -522,6 +532,51 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 			refused++;
 	}
 	/*
+	 * 7. Transport messages it has no business sending: an RDV_DONE for a token worker 1 never
+	 * gave, and a CREDIT returning 65535 credits it never took (only its own link can suffer).
+	 * Neither is answered; worker 1 must still answer the rogue's next request.
+	 */
+	{
+		struct wire_env env = {.req_id = 0xdeadbeefull, .src = (uint16_t)h->rank};
+		struct wire_rdv_done dn = {.req_id = 999, .index = 0, .status = 0};
+		struct wire_credit cr = {.credits = 65535};
+
+		phase(h, "forged RDV_DONE and CREDIT");
+		rc = wire_encode_rdv_done(msg, sizeof(msg), &env, &dn, &n);
+		CHECK(h, rc == 0, "encoding RDV_DONE: %s", rdag_last_error());
+		if (!rc)
+			CHECK(h, xport_test_send_raw(h->x, 1, msg, n, rogue_done_cb, NULL) == 0,
+			      "RDV_DONE: %s", rdag_last_error());
+		env.req_id = 0;
+		rc = wire_encode_credit(msg, sizeof(msg), &env, &cr, &n);
+		CHECK(h, rc == 0, "encoding CREDIT: %s", rdag_last_error());
+		if (!rc)
+			CHECK(h, xport_test_send_raw(h->x, 1, msg, n, rogue_done_cb, NULL) == 0,
+			      "CREDIT: %s", rdag_last_error());
+		f32_desc(&t, &g);
+		n = grad_req(h, msg, sizeof(msg), 530, d, mc, &t);
+		if (!send_and_wait(h, 1, 530, msg, n, "a request after the forgeries"))
+			expect_exc(h, "a request after the forgeries", RDAG_ENOENT, "no autograd context");
+	}
+	/*
+	 * 8. A keepalive (HANDSHAKE) with another job's token hash: worker 1 cuts the rogue off
+	 * (declares it dead, RDAG_EACCES "it belongs to another job"); checked on worker 1.
+	 */
+	if (!h->oversized) {
+		struct wire_env env = {.req_id = 0, .src = (uint16_t)h->rank};
+		struct wire_handshake hs = {.max_version = WIRE_VERSION, .worker_id = (uint16_t)h->rank,
+					    .world_size = (uint16_t)world, .job_token = h->x->job_token ^ 1,
+					    .credits = 64, .max_msg = 8192};
+
+		phase(h, "a handshake of another job");
+		rc = wire_encode_handshake(msg, sizeof(msg), &env, &hs, &n);
+		CHECK(h, rc == 0, "encoding HANDSHAKE: %s", rdag_last_error());
+		if (!rc)
+			CHECK(h, xport_test_send_raw(h->x, 1, msg, n, rogue_done_cb, NULL) == 0,
+			      "HANDSHAKE: %s", rdag_last_error());
+		xport_progress(h->x, 0);
+	}
+	/*
 	 * 6. oversized only (not in ctest: on shm the honest workers' traffic stalls afterwards, an
 	 * open finding in docs/reliability.md): a frame larger than worker 1's receive buffers.
 	 */
@@ -721,6 +776,7 @@ static int worker(const struct mp_cfg *cfg, void *arg, int rank, int lfd, int po
 	h.rank = rank;
 	h.replay_live = r->replay_live;
 	h.oversized = r->oversized;
+	h.cfg_oversized = r->oversized;
 	mp_use_provider(cfg->prov);
 	if (r->load)
 		return load(&h, lfd, port, cfg->n);
