@@ -273,12 +273,11 @@ static void show_gpu(const struct fab_open_opts *opts)
 	printf("\nGPU (gpu/):\n");
 	printf("  CUDA support in this build: %s\n", gpu_built() ? "on" : "off (RDAG_WITH_CUDA=OFF or no toolkit)");
 	rc = gpu_probe(&gi);
-	if (gi.built)
-		printf("  CUDA driver: %s%s%s\n", gi.driver_loaded ? "loaded, " : "missing: ",
-		       gi.driver_loaded ? gi.library : gi.why,
-		       gi.driver_loaded && gi.driver_version ? "" : "");
-	if (gi.driver_loaded)
-		printf("  driver version %d; %s\n", gi.driver_version, rc ? gi.why : "");
+	if (gi.built && gi.driver_loaded)
+		printf("  CUDA driver: %s, version %d: %s\n", gi.library, gi.driver_version,
+		       rc ? gi.why : "usable");
+	else if (gi.built)
+		printf("  CUDA driver: missing: %s\n", gi.why);
 	printf("  devices: %d\n", gi.ndevices);
 	for (int d = 0; d < gi.ndevices; d++) {
 		struct gpu_device_info di;
