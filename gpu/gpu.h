@@ -163,6 +163,8 @@ struct gpu_caps {
 
 /* Parses "auto", "gdr", "nccl", "host" (NULL or "": auto). RDAG_EINVAL for anything else. */
 int gpu_transport_parse(const char *s, enum gpu_transport *out);
+/* gpu_transport_parse of RDAG_GPU_TRANSPORT (unset: auto). */
+int gpu_transport_env(enum gpu_transport *out);
 const char *gpu_transport_name(enum gpu_transport t);
 
 /*

@@ -1,5 +1,6 @@
 /* GPU data path choice (RDAG_GPU_TRANSPORT), verbs registration method, peer-memory module probe. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -29,6 +30,11 @@ int gpu_transport_parse(const char *s, enum gpu_transport *out)
 		}
 	}
 	return err_set(RDAG_EINVAL, "gpu: RDAG_GPU_TRANSPORT='%s' is not one of auto, gdr, nccl, host", s);
+}
+
+int gpu_transport_env(enum gpu_transport *out)
+{
+	return gpu_transport_parse(getenv("RDAG_GPU_TRANSPORT"), out);
 }
 
 const char *gpu_transport_name(enum gpu_transport t)

@@ -261,7 +261,6 @@ static int ofi_hmem_provider(const struct fab_open_opts *opts, char *name, size_
 static void show_gpu(const struct fab_open_opts *opts)
 {
 	const char *peermem = gpu_peermem_module(NULL);
-	const char *env = getenv("RDAG_GPU_TRANSPORT");
 	struct gpu_caps caps = {0};
 	struct gpu_info gi;
 	const struct fab_ops *ops = NULL;
@@ -320,7 +319,7 @@ static void show_gpu(const struct fab_open_opts *opts)
 		caps.local.nic_device_mem = strcmp(ops->name, "verbs") == 0 ? method != GPU_REG_NONE
 									      : hmem && ofi_want_hmem();
 	caps.peer = caps.local; /* the peer is assumed alike this host */
-	if (gpu_transport_parse(env, &want) != 0) {
+	if (gpu_transport_env(&want) != 0) {
 		printf("  RDAG_GPU_TRANSPORT: %s\n", rdag_last_error());
 		return;
 	}
