@@ -15,6 +15,7 @@
 
 #include <rdag/error.h>
 
+#include "fabric/fabric.h"
 #include "gpu/gpu.h"
 #include "rcache/rcache_dev.h"
 #include "util/err.h"
@@ -562,6 +563,73 @@ static void nccl_loads_here(void **state)
 	in_child(child_nccl_here);
 }
 
+/* ---- the ofi provider and CUDA memory (shm: no CUDA in Debian's libfabric) ---- */
+
+static struct fab_ep *open_shm(void)
+{
+	struct fab_open_opts o;
+	struct fab_ep *ep = NULL;
+
+	fab_opts_from_env(&o);
+	o.provider = "ofi";
+	o.ofi_provider = "shm";
+	o.world_size = 2;
+	o.local_only = 1;
+	CHILD_CHECK(fab_open(&o, &ep) == 0);
+	return ep;
+}
+
+static void child_ofi_no_hmem(void)
+{
+	char buf[64];
+	struct fab_mr mr;
+	struct fab_ep *ep;
+
+	unsetenv("RDAG_OFI_HMEM");
+	ep = open_shm();
+	CHILD_CHECK(!(fab_attr(ep)->caps & FAB_CAP_HMEM_CUDA));
+	CHILD_CHECK(fab_mr_reg_mem(ep, buf, sizeof(buf), FAB_ACCESS_LOCAL, FAB_MEM_CUDA, 0, &mr) ==
+		    RDAG_ENOSYS);
+	CHILD_CHECK(strcmp(rdag_last_error(), "ofi: provider shm has no FI_HMEM: it cannot register "
+					      "CUDA memory (set RDAG_OFI_HMEM=1 to ask libfabric for it)") == 0);
+	fab_close(ep);
+}
+
+static void child_ofi_hmem(void)
+{
+	char buf[64];
+	struct fab_mr mr;
+	struct fab_ep *ep;
+	int want;
+
+	setenv("RDAG_OFI_HMEM", "1", 1);
+	ep = open_shm();
+	if (!(fab_attr(ep)->caps & FAB_CAP_HMEM_CUDA)) {
+		printf("shm offers no FI_HMEM with this libfabric: nothing more to check\n");
+		fab_close(ep);
+		return;
+	}
+	/* FI_HMEM asked and offered: a CUDA registration goes to the driver first. Without one,
+	   its reason; with one, host memory presented as device memory is refused. */
+	want = gpu_init() ? gpu_init() : RDAG_EINVAL;
+	CHILD_CHECK(fab_mr_reg_mem(ep, buf, sizeof(buf), FAB_ACCESS_LOCAL, FAB_MEM_CUDA, 0, &mr) == want);
+	if (want != RDAG_EINVAL)
+		CHILD_CHECK(strncmp(rdag_last_error(), "ofi: shm: registering CUDA memory: gpu: ", 40) == 0);
+	else
+		CHILD_CHECK(strstr(rdag_last_error(), "is not device memory of GPU 0") != NULL);
+	/* Host memory still registers as before. */
+	CHILD_CHECK(fab_mr_reg(ep, buf, sizeof(buf), FAB_ACCESS_LOCAL, &mr) == 0);
+	CHILD_CHECK(fab_mr_dereg(ep, &mr) == 0);
+	fab_close(ep);
+}
+
+static void ofi_cuda_registration(void **state)
+{
+	(void)state;
+	in_child(child_ofi_no_hmem);
+	in_child(child_ofi_hmem);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -579,6 +647,7 @@ int main(void)
 		cmocka_unit_test(loader_old_driver),
 		cmocka_unit_test(nccl_missing),
 		cmocka_unit_test(nccl_loads_here),
+		cmocka_unit_test(ofi_cuda_registration),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
