@@ -336,16 +336,32 @@ int gpu_mem_alloc(int device, size_t len, void **out)
 	return 0;
 }
 
+/* Makes the context of the device holding dptr current (driver calls need one). */
+static int set_device_of(const void *dptr, const char *what)
+{
+	struct gpu_ptr_info pi;
+	int rc = gpu_init();
+
+	if (rc)
+		return rc;
+	rc = gpu_ptr_classify(dptr, &pi);
+	if (rc)
+		return rc;
+	if (pi.type != GPU_MEM_DEVICE && pi.type != GPU_MEM_MANAGED)
+		return err_set(RDAG_EINVAL, "gpu: %s: %p is not device memory", what, dptr);
+	return gpu_set_device(pi.device);
+}
+
 void gpu_mem_free(void *dptr)
 {
-	if (dptr && ld.rc == 0)
+	if (dptr && set_device_of(dptr, "cuMemFree") == 0)
 		ld.cu.MemFree((CUdeviceptr)(uintptr_t)dptr);
 }
 
 int gpu_memcpy_htod(void *dst, const void *src, size_t len)
 {
 	CUresult r;
-	int rc = gpu_init();
+	int rc = set_device_of(dst, "cuMemcpyHtoD");
 
 	if (rc)
 		return rc;
@@ -356,7 +372,7 @@ int gpu_memcpy_htod(void *dst, const void *src, size_t len)
 int gpu_memcpy_dtoh(void *dst, const void *src, size_t len)
 {
 	CUresult r;
-	int rc = gpu_init();
+	int rc = set_device_of(src, "cuMemcpyDtoH");
 
 	if (rc)
 		return rc;
@@ -367,7 +383,7 @@ int gpu_memcpy_dtoh(void *dst, const void *src, size_t len)
 int gpu_memset(void *dst, uint8_t byte, size_t len)
 {
 	CUresult r;
-	int rc = gpu_init();
+	int rc = set_device_of(dst, "cuMemsetD8");
 
 	if (rc)
 		return rc;
@@ -387,6 +403,9 @@ int gpu_dmabuf_get(const void *addr, size_t len, int *fd, uint64_t *offset)
 		return rc;
 	if (!addr || !len || !fd || !offset)
 		return err_set(RDAG_EINVAL, "gpu: gpu_dmabuf_get(%p, %zu bytes)", addr, len);
+	rc = set_device_of(addr, "cuMemGetHandleForAddressRange");
+	if (rc)
+		return rc;
 	/* The driver wants a page-aligned range; the registration then starts at the offset. */
 	base = a & ~(pg - 1);
 	end = (a + len + pg - 1) & ~(pg - 1);
