@@ -2,6 +2,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,22 @@
  */
 
 /* ---- memory registration ---- */
+
+/* Says once per process and method, at info level, how device memory gets registered. */
+static void report_method(const struct verbs_ep *ep, enum gpu_reg_method m, const char *peermem)
+{
+	static _Atomic unsigned reported;
+	unsigned bit = 1u << (unsigned)m;
+
+	if (atomic_fetch_or(&reported, bit) & bit)
+		return;
+	if (m == GPU_REG_DMABUF)
+		LOG_INFO("verbs: %s: GPU memory is registered with dma-buf (ibv_reg_dmabuf_mr)",
+			 ep->sel.dev_name);
+	else
+		LOG_INFO("verbs: %s: GPU memory is registered through the peer-memory module %s "
+			 "(ibv_reg_mr)", ep->sel.dev_name, peermem);
+}
 
 /*
  * CUDA device memory: a dma-buf from the driver registered with ibv_reg_dmabuf_mr, else (no
@@ -72,6 +89,7 @@ static int reg_device(struct verbs_ep *ep, void *addr, size_t len, int flags, in
 			snprintf(dmabuf_err, sizeof(dmabuf_err), "%s", rdag_last_error());
 		}
 		if (*out) {
+			report_method(ep, GPU_REG_DMABUF, NULL);
 			LOG_DEBUG("verbs: %s: %zu bytes of GPU %d registered with a dma-buf",
 				  ep->sel.dev_name, len, device);
 			return 0;
@@ -88,6 +106,7 @@ static int reg_device(struct verbs_ep *ep, void *addr, size_t len, int flags, in
 			return err_set(RDAG_EIO, "verbs: %s: ibv_reg_mr(%p, %zu bytes of GPU %d) with %s: %s%s%s",
 				       ep->sel.dev_name, addr, len, device, peermem, strerror(errno),
 				       dmabuf_err[0] ? "; dma-buf before it: " : "", dmabuf_err);
+		report_method(ep, GPU_REG_PEERMEM, peermem);
 		LOG_DEBUG("verbs: %s: %zu bytes of GPU %d registered through %s", ep->sel.dev_name, len,
 			  device, peermem);
 		return 0;
