@@ -46,6 +46,9 @@ int pool_is_mine(struct ag_pool *p);
  * Returns 0 or RDAG_ETIMEDOUT. Completers call pool_kick() after setting the flag.
  */
 int pool_wait_flag(struct ag_pool *p, atomic_bool *flag, int timeout_ms, rdag_agent_t *a);
+/* As pool_wait_flag, until flag or or2 (NULL: only flag) is set. */
+int pool_wait_either(struct ag_pool *p, atomic_bool *flag, atomic_bool *or2, int timeout_ms,
+		     rdag_agent_t *a);
 void pool_kick(struct ag_pool *p);
 
 /* ---- futures (rpc.c) ----------------------------------------------------------------------- */
@@ -100,6 +103,7 @@ struct ag_out {
 	struct wire_cleanup cleanup;
 	struct wire_exception exc;
 	struct wire_grad_req grad;    /* BACKWARD_AUTOGRAD_REQ */
+	struct wire_abort abort;      /* BACKWARD_ABORT */
 	struct wire_rref_backward rref_bwd;
 	/* tensors: descriptors + data, for xport_send */
 	uint32_t ntensors;
@@ -201,6 +205,8 @@ struct rdag_agent {
 	struct u64map prof;        /* prof id -> struct ag_prof_list */
 
 	atomic_int serving;        /* requests received and not yet answered */
+	atomic_uint runs_aborted;  /* local runs of a pass ended (or refused) by another's abort */
+	atomic_uint aborts_heard;  /* BACKWARD_ABORTs that aborted a pass here first */
 	struct rdag_engine engine; /* the local autograd engine */
 };
 
@@ -259,6 +265,8 @@ void ag_send_reply(struct ag_in *in, bool own_in, struct ag_out *o, struct rdag_
 /* backward.c */
 void ag_serve_backward(struct ag_job *j);
 void ag_serve_rref_backward(struct ag_job *j);
+/* BACKWARD_ABORT received (on the progress thread): stops the pass here and tells the others. */
+void ag_on_abort(struct ag_in *in);
 
 /* rref.c */
 void ag_rref_free_all(rdag_agent_t *a);

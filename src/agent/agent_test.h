@@ -18,4 +18,11 @@ int agent_test_barrier(rdag_agent_t *a);
  */
 void agent_test_set_id_counters(rdag_agent_t *a, uint64_t next_ctx_low, uint64_t next_msg_low);
 
+/*
+ * Aborted backward passes seen here: local runs of a pass that ended, or were refused, because
+ * another worker's part failed (*runs), and BACKWARD_ABORT messages that were the first news of
+ * an abort here (*heard).
+ */
+void agent_test_abort_stats(rdag_agent_t *a, unsigned *runs, unsigned *heard);
+
 #endif /* RDAG_AGENT_AGENT_TEST_H */

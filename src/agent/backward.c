@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "agent/agent_int.h"
+#include "agent/agent_test.h"
 #include "util/err.h"
 #include "util/log.h"
 
@@ -17,6 +18,7 @@ struct rgrads {
 struct pass {
 	rdag_agent_t *a;
 	struct ctx *c;
+	struct ctx_pass *ps;          /* this pass's record in c (its id, its abort) */
 	bool retain;
 	pthread_mutex_t lock;
 	struct u64map recv;           /* (uintptr_t)recv fn -> struct rgrads */
@@ -49,6 +51,282 @@ static int acc(struct rdag_tensor *dst, const struct rdag_tensor *src)
 		return 0;
 	}
 	return rdag_tensor_add(dst, src);
+}
+
+/* ---- passes and their abort ------------------------------------------------------------- */
+
+/*
+ * Every request of a backward pass carries its root's pass id. A worker whose part fails marks
+ * the pass aborted in its context and sends BACKWARD_ABORT to the context's known workers; one
+ * that learns of it first-hand forwards it to its own. A local run of an aborted pass stops
+ * before its next node (sink->check), stops waiting for answers, and later requests of the pass
+ * are refused: the whole pass ends within a few message latencies, on every worker.
+ */
+
+static struct ctx_pass *pass_find(struct ctx *c, uint64_t id)
+{
+	for (struct ctx_pass *ps = c->passes; ps; ps = ps->next) {
+		if (ps->id == id)
+			return ps;
+	}
+	return NULL;
+}
+
+/* Under c->lock: a new record, first in the list (NULL when out of memory). */
+static struct ctx_pass *pass_new(struct ctx *c, uint64_t id)
+{
+	struct ctx_pass *ps = calloc(1, sizeof(*ps));
+
+	if (!ps)
+		return NULL;
+	ps->id = id;
+	atomic_init(&ps->aborted, false);
+	ps->next = c->passes;
+	c->passes = ps;
+	return ps;
+}
+
+/* Under c->lock: drops the oldest unused aborted records beyond CTX_MAX_ABORTED. */
+static void pass_trim(struct ctx *c)
+{
+	struct ctx_pass **pp = &c->passes;
+	unsigned n = 0;
+
+	while (*pp) {
+		struct ctx_pass *ps = *pp;
+
+		if (atomic_load(&ps->aborted) && ++n > CTX_MAX_ABORTED && !ps->users) {
+			*pp = ps->next;
+			free(ps->text);
+			free(ps);
+			continue;
+		}
+		pp = &ps->next;
+	}
+}
+
+/* The error of an aborted pass as this worker reports it (as a remote error reply would read). */
+static int pass_error(rdag_agent_t *a, const struct ctx_pass *ps)
+{
+	const char *text = ps->text ? ps->text : "(no memory for the error text)";
+
+	if (ps->origin == a->id)
+		return err_set(ps->code, "%s", text);
+	return err_set(RDAG_EREMOTE, "Error on Node %u: %s", ps->origin, text);
+}
+
+/* Joins pass id on c (a local run starts); RDAG_EABORTED-like error if the pass was aborted. */
+static int pass_join(rdag_agent_t *a, struct ctx *c, uint64_t id, struct ctx_pass **out)
+{
+	struct ctx_pass *ps;
+	int rc = 0;
+
+	pthread_mutex_lock(&c->lock);
+	ps = pass_find(c, id);
+	if (!ps)
+		ps = pass_new(c, id);
+	if (!ps)
+		rc = err_set(RDAG_ENOMEM, "worker %u: out of memory for a backward pass", a->id);
+	else if (atomic_load(&ps->aborted))
+		rc = pass_error(a, ps);
+	else
+		ps->users++;
+	pthread_mutex_unlock(&c->lock);
+	*out = rc ? NULL : ps;
+	return rc;
+}
+
+static void pass_leave(struct ctx *c, struct ctx_pass *ps)
+{
+	pthread_mutex_lock(&c->lock);
+	if (!--ps->users && !atomic_load(&ps->aborted)) {
+		struct ctx_pass **pp = &c->passes;
+
+		while (*pp != ps)
+			pp = &(*pp)->next;
+		*pp = ps->next;
+		free(ps);
+	}
+	pthread_mutex_unlock(&c->lock);
+}
+
+/* Marks pass id of c aborted (code on worker origin, text); true if this call did it. */
+static bool pass_mark(struct ctx *c, uint64_t id, int code, uint16_t origin, const char *text,
+		      size_t len)
+{
+	struct ctx_pass *ps;
+	bool marked = false;
+
+	pthread_mutex_lock(&c->lock);
+	ps = pass_find(c, id);
+	if (!ps)
+		ps = pass_new(c, id);
+	if (ps && !atomic_load(&ps->aborted)) {
+		ps->text = malloc(len + 1);
+		if (ps->text) {
+			memcpy(ps->text, text, len);
+			ps->text[len] = '\0';
+		}
+		ps->code = code < 0 ? code : RDAG_EREMOTE;
+		ps->origin = origin;
+		atomic_store(&ps->aborted, true);
+		pass_trim(c);
+		marked = true;
+	}
+	pthread_mutex_unlock(&c->lock);
+	return marked;
+}
+
+static void abort_sent(void *arg, int status)
+{
+	struct ag_out *o = arg;
+
+	if (status)
+		LOG_DEBUG("agent: BACKWARD_ABORT of pass %#llx not delivered: %s",
+			  (unsigned long long)o->abort.pass_id, rdag_strerror(status));
+	ag_out_free(o);
+}
+
+/* Tells the known workers of c (but this one and except) that pass pass_id is aborted. */
+static void abort_tell(rdag_agent_t *a, struct ctx *c, uint64_t pass_id, int code, uint16_t origin,
+		       const char *text, size_t len, uint32_t except)
+{
+	uint16_t small[64], *known = small;
+	size_t n = ctx_known(c, small, 64);
+
+	if (n > 64) {
+		known = malloc(n * sizeof(*known));
+		n = known ? ctx_known(c, known, n) : 0;
+	}
+	if (len > WIRE_MAX_TEXT)
+		len = WIRE_MAX_TEXT;
+	for (size_t i = 0; i < n; i++) {
+		struct ag_out *o;
+
+		if (known[i] == a->id || known[i] == except)
+			continue;
+		o = calloc(1, sizeof(*o));
+		if (o)
+			o->own[0] = malloc(len ? len : 1);
+		if (!o || !o->own[0]) {
+			ag_out_free(o);
+			LOG_WARN("agent: out of memory telling worker %u of an aborted pass", known[i]);
+			continue;
+		}
+		memcpy(o->own[0], text, len);
+		o->kind = WIRE_BACKWARD_ABORT;
+		o->abort.ctx_id = c->id;
+		o->abort.pass_id = pass_id;
+		o->abort.code = code < 0 ? code : RDAG_EREMOTE;
+		o->abort.origin = origin;
+		o->abort.text.ptr = o->own[0];
+		o->abort.text.len = (uint32_t)len;
+		if (ag_send(a, known[i], 0, o, abort_sent, o))
+			ag_out_free(o);
+	}
+	if (known != small)
+		free(known);
+}
+
+/*
+ * This worker's part of pass p failed with rc (its message in rdag_last_error()): abort it.
+ * Returns false when the pass was aborted already (this run failed because of it).
+ */
+static bool pass_fail(struct pass *p, int rc)
+{
+	rdag_agent_t *a = p->a;
+	char text[4096];
+	const char *t = text;
+	unsigned origin = a->id;
+	int skip = 0;
+
+	snprintf(text, sizeof(text), "%s", rdag_last_error()[0] ? rdag_last_error() : rdag_strerror(rc));
+	/* An error that came from another worker keeps its origin. */
+	if (sscanf(text, "Error on Node %u: %n", &origin, &skip) == 1 && skip > 0 && origin < 65536)
+		t += skip;
+	else
+		origin = a->id;
+	if (!pass_mark(p->c, p->ps->id, rc, (uint16_t)origin, t, strlen(t)))
+		return false; /* aborted already: whoever did has told the others */
+	pool_kick(&a->pool);
+	abort_tell(a, p->c, p->ps->id, rc, (uint16_t)origin, t, strlen(t), UINT32_MAX);
+	err_set(rc, "%s", text); /* the caller reports the error it had */
+	return true;
+}
+
+void agent_test_abort_stats(rdag_agent_t *a, unsigned *runs, unsigned *heard)
+{
+	*runs = atomic_load(&a->runs_aborted);
+	*heard = atomic_load(&a->aborts_heard);
+}
+
+/* A BACKWARD_ABORT received and acted upon; forwarded from a handler thread. */
+struct abort_fwd {
+	struct ag_job job;
+	rdag_agent_t *a;
+	struct ctx *c;
+	uint64_t pass_id;
+	int code;
+	uint16_t origin;
+	uint32_t except;
+	size_t len;
+	char text[];
+};
+
+static void abort_forward(struct ag_job *j)
+{
+	struct abort_fwd *f = (struct abort_fwd *)j;
+
+	abort_tell(f->a, f->c, f->pass_id, f->code, f->origin, f->text, f->len, f->except);
+	ctx_put(f->c);
+	atomic_fetch_sub(&f->a->serving, 1);
+	free(f);
+}
+
+void ag_on_abort(struct ag_in *in)
+{
+	rdag_agent_t *a = in->a;
+	const struct wire_abort *ab = &in->inner->u.abort;
+	struct ctx *c = ctxmgr_get(&a->cm, ab->ctx_id);
+	struct abort_fwd *f;
+
+	/* On the progress thread: marking is a few instructions under the context's lock. */
+	if (c && pass_mark(c, ab->pass_id, ab->code, ab->origin, ab->text.ptr, ab->text.len)) {
+		LOG_DEBUG("agent: pass %#llx of context %#llx aborted by worker %u (error on %u)",
+			  (unsigned long long)ab->pass_id, (unsigned long long)ab->ctx_id, in->src,
+			  ab->origin);
+		atomic_fetch_add(&a->aborts_heard, 1);
+		pool_kick(&a->pool);
+		f = malloc(sizeof(*f) + ab->text.len);
+		if (f) {
+			f->a = a;
+			f->c = c;
+			f->pass_id = ab->pass_id;
+			f->code = ab->code;
+			f->origin = ab->origin;
+			f->except = in->src;
+			f->len = ab->text.len;
+			if (ab->text.len)
+				memcpy(f->text, ab->text.ptr, ab->text.len);
+			f->job.run = abort_forward;
+			atomic_fetch_add(&a->serving, 1);
+			pool_push(&a->pool, &f->job);
+			c = NULL; /* the job's reference now */
+		} else {
+			LOG_WARN("agent: out of memory forwarding an aborted pass");
+		}
+	}
+	if (c)
+		ctx_put(c);
+	ag_in_free(in);
+}
+
+/* sink->check: stops the local run of an aborted pass before its next node. */
+static int pass_check(void *arg)
+{
+	struct pass *p = arg;
+
+	return atomic_load(&p->ps->aborted) ? pass_error(p->a, p->ps) : 0;
 }
 
 /* Sink: a leaf's gradient accumulates in the context (variable -> gradient). */
@@ -185,6 +463,7 @@ static int propagate(struct pass *p)
 			o->grad.ctx_id = p->c->id;
 			o->grad.msg_id = fn->msg_id;
 			o->grad.retain_graph = p->retain;
+			o->grad.pass_id = p->ps->id;
 			o->own[0] = t;
 			rc = ag_start_call(a, fn->src, o, t, m, NULL, AGC_BACKWARD, &fs[nf]);
 			if (!rc)
@@ -197,12 +476,17 @@ static int propagate(struct pass *p)
 			first = rc;
 	}
 	/*
-	 * Wait for every answer, but after the first error only until the other requests have left
-	 * (their gradients are ours to free): the pass fails now, not when the slowest branch ends.
+	 * Wait for every answer, but after the first error or an abort of the pass only until the
+	 * other requests have left (their gradients are ours to free): the pass fails now, not when
+	 * the slowest branch ends.
 	 */
 	for (size_t j = 0; j < nf; j++) {
 		int rc;
 
+		if (!first)
+			pool_wait_either(&a->pool, &fs[j]->done, &p->ps->aborted, -1, a);
+		if (!first && !atomic_load(&fs[j]->done))
+			first = pass_error(a, p->ps);
 		if (first) {
 			pool_wait_flag(&a->pool, &fs[j]->left, -1, a);
 			ag_future_put(fs[j]);
@@ -220,8 +504,8 @@ static int propagate(struct pass *p)
 }
 
 /* Runs a local pass from roots (edges with their gradients), then sends what left it. */
-static int run_pass(rdag_agent_t *a, struct ctx *c, const struct rdag_edge_grad *roots, uint32_t n,
-		    bool retain)
+static int run_pass(rdag_agent_t *a, struct ctx *c, uint64_t pass_id,
+		    const struct rdag_edge_grad *roots, uint32_t n, bool retain)
 {
 	struct rdag_grad_sink sink;
 	struct rdag_edge_grad *nodes;
@@ -230,6 +514,12 @@ static int run_pass(rdag_agent_t *a, struct ctx *c, const struct rdag_edge_grad 
 	int rc = 0;
 
 	memset(&p, 0, sizeof(p));
+	rc = pass_join(a, c, pass_id, &p.ps);
+	if (rc) {
+		if (rc != RDAG_ENOMEM)
+			atomic_fetch_add(&a->runs_aborted, 1); /* a late request of an aborted pass */
+		return rc;
+	}
 	p.a = a;
 	p.c = c;
 	p.retain = retain;
@@ -237,10 +527,14 @@ static int run_pass(rdag_agent_t *a, struct ctx *c, const struct rdag_edge_grad 
 	sink.leaf = sink_leaf;
 	sink.recv = sink_recv;
 	sink.arg = &p;
+	sink.check = pass_check;
 	nodes = calloc(n ? n : 1, sizeof(*nodes));
 	if (!nodes) {
+		rc = err_set(RDAG_ENOMEM, "out of memory for a backward pass");
+		pass_fail(&p, rc);
+		pass_leave(c, p.ps);
 		pass_fini(&p);
-		return err_set(RDAG_ENOMEM, "out of memory for a backward pass");
+		return rc;
 	}
 	/* Leaves and recv functions among the roots are rdag's; graph nodes go to the engine. */
 	for (uint32_t i = 0; i < n && !rc; i++) {
@@ -267,9 +561,24 @@ static int run_pass(rdag_agent_t *a, struct ctx *c, const struct rdag_edge_grad 
 	}
 	free(nodes);
 	if (!rc)
+		rc = pass_check(&p);
+	if (!rc)
 		rc = propagate(&p);
+	if (rc && !pass_fail(&p, rc))
+		atomic_fetch_add(&a->runs_aborted, 1);
+	pass_leave(c, p.ps);
 	pass_fini(&p);
 	return rc;
+}
+
+/* A new pass id of this worker's, (worker << 48) | counter. */
+static int new_pass_id(rdag_agent_t *a, uint64_t *id)
+{
+	int rc = ctxmgr_new_msg_id(&a->cm, id);
+
+	if (rc)
+		return err_set(rc, "backward: worker %u has used up its pass ids", a->id);
+	return 0;
 }
 
 static int default_run(void *engine, const struct rdag_edge_grad *roots, uint32_t n, bool retain,
@@ -328,6 +637,7 @@ int rdag_backward(rdag_agent_t *a, uint64_t ctx_id, const struct rdag_tensor *ro
 	struct rdag_edge_grad *eg;
 	double *ones;
 	struct ctx *c;
+	uint64_t pid = 0;
 	int rc = 0;
 
 	if (!a)
@@ -347,7 +657,9 @@ int rdag_backward(rdag_agent_t *a, uint64_t ctx_id, const struct rdag_tensor *ro
 	for (uint32_t i = 0; i < n && !rc; i++)
 		rc = seed(&roots[i], i, &eg[i], &ones[i]);
 	if (!rc)
-		rc = run_pass(a, c, eg, n, retain_graph);
+		rc = new_pass_id(a, &pid);
+	if (!rc)
+		rc = run_pass(a, c, pid, eg, n, retain_graph);
 	free(eg);
 	free(ones);
 	ctx_put(c);
@@ -423,7 +735,7 @@ void ag_serve_backward(struct ag_job *j)
 				     "dtype %u", a->id, i, roots[i].grad.dtype, e->meta.dtype);
 	}
 	if (!rc)
-		rc = run_pass(a, c, roots, n, g->retain_graph);
+		rc = run_pass(a, c, g->pass_id, roots, n, g->retain_graph);
 	free(roots);
 	ctx_put(c);
 	reply(in, WIRE_BACKWARD_AUTOGRAD_RESP, rc);
@@ -436,6 +748,7 @@ static int rref_pass(rdag_agent_t *a, uint64_t ctx_id, uint64_t rref_id, bool re
 	struct rdag_edge_grad *eg = NULL;
 	double *ones = NULL;
 	struct ctx *c = NULL;
+	uint64_t pid = 0;
 	uint32_t n = 0;
 	int rc = 0;
 
@@ -464,7 +777,9 @@ static int rref_pass(rdag_agent_t *a, uint64_t ctx_id, uint64_t rref_id, bool re
 		rc = err_set(RDAG_EINVAL, "backward: no tensor of RRef %#llx requires grad",
 			     (unsigned long long)rref_id);
 	if (!rc)
-		rc = run_pass(a, c, eg, n, retain);
+		rc = new_pass_id(a, &pid);
+	if (!rc)
+		rc = run_pass(a, c, pid, eg, n, retain);
 out:
 	free(eg);
 	free(ones);

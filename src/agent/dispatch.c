@@ -67,6 +67,7 @@ static bool is_request(uint8_t kind)
 	case WIRE_CLEANUP_AUTOGRAD_CONTEXT_REQ:
 	case WIRE_BACKWARD_AUTOGRAD_REQ:
 	case WIRE_RREF_BACKWARD_REQ:
+	case WIRE_BACKWARD_ABORT:
 		return true;
 	default:
 		return false;
@@ -123,6 +124,9 @@ void ag_on_recv(void *arg, struct xport_rx *rx)
 	case WIRE_RREF_DELETE:
 		ag_rref_delete(a, in->inner->u.rref.local_id);
 		ag_in_free(in);
+		return;
+	case WIRE_BACKWARD_ABORT:
+		ag_on_abort(in);
 		return;
 	case WIRE_CLEANUP_AUTOGRAD_CONTEXT_REQ:
 		atomic_fetch_add(&a->serving, 1);

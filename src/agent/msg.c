@@ -34,6 +34,8 @@ static int encode_inner(const struct ag_out *o, void *buf, size_t cap, const str
 		return wire_encode_grad_req(buf, cap, env, &o->grad, t, n, len);
 	case WIRE_BACKWARD_AUTOGRAD_RESP:
 		return wire_encode_grad_resp(buf, cap, env, len);
+	case WIRE_BACKWARD_ABORT:
+		return wire_encode_abort(buf, cap, env, &o->abort, len);
 	case WIRE_RREF_BACKWARD_REQ:
 		return wire_encode_rref_bwd_req(buf, cap, env, &o->rref_bwd, len);
 	case WIRE_RREF_BACKWARD_RESP:

@@ -144,12 +144,21 @@ static void deadline_of(struct timespec *ts, int timeout_ms)
 
 int pool_wait_flag(struct ag_pool *p, atomic_bool *flag, int timeout_ms, rdag_agent_t *a)
 {
+	return pool_wait_either(p, flag, NULL, timeout_ms, a);
+}
+
+/* Either flag set (or2 may be NULL); raise them with pool_kick. */
+#define SET(f, g) (atomic_load(f) || ((g) && atomic_load(g)))
+
+int pool_wait_either(struct ag_pool *p, atomic_bool *flag, atomic_bool *or2, int timeout_ms,
+		     rdag_agent_t *a)
+{
 	uint64_t end = timeout_ms >= 0 ? ag_now_ns() + (uint64_t)timeout_ms * 1000000u : UINT64_MAX;
 	bool manual = a->mode == RDAG_PROGRESS_MANUAL && !a->progress_running;
 	bool helper = mine == p;
 	int rc;
 
-	while (!atomic_load(flag)) {
+	while (!SET(flag, or2)) {
 		uint64_t now = ag_now_ns();
 
 		if (now >= end)
@@ -164,7 +173,7 @@ int pool_wait_flag(struct ag_pool *p, atomic_bool *flag, int timeout_ms, rdag_ag
 				continue;
 		}
 		pthread_mutex_lock(&p->lock);
-		while (!atomic_load(flag)) {
+		while (!SET(flag, or2)) {
 			struct ag_job *j = helper ? pop(p) : NULL;
 
 			if (j) {

@@ -50,6 +50,13 @@ static void ctx_free(struct ctx *c)
 	u64map_fini(&c->send_fns);
 	u64map_fini(&c->recv_fns);
 	u64map_fini(&c->grads);
+	while (c->passes) {
+		struct ctx_pass *ps = c->passes;
+
+		c->passes = ps->next;
+		free(ps->text);
+		free(ps);
+	}
 	free(c->known);
 	pthread_mutex_destroy(&c->lock);
 	free(c);

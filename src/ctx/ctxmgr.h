@@ -70,6 +70,23 @@ struct ctx_grad {
 	struct rdag_tensor t;      /* t.data owned by the context */
 };
 
+/*
+ * A backward pass of a context as this worker sees it (under the context's lock). A record lives
+ * while local runs of the pass are in progress; an aborted one stays (at most CTX_MAX_ABORTED per
+ * context, the oldest dropped) so that late requests of that pass are refused.
+ */
+struct ctx_pass {
+	struct ctx_pass *next;
+	uint64_t id;               /* (root worker << 48) | counter */
+	unsigned users;            /* local runs of the pass in progress */
+	atomic_bool aborted;       /* set once; code, origin and text are then fixed */
+	int code;
+	uint16_t origin;
+	char *text;                /* the error, without the "Error on Node <id>: " prefix */
+};
+
+#define CTX_MAX_ABORTED 16u
+
 struct ctx {
 	uint64_t id;
 	atomic_int refs;
@@ -79,6 +96,7 @@ struct ctx {
 	struct u64map grads;       /* (uintptr_t)var -> struct ctx_grad */
 	uint16_t *known;           /* sorted, unique */
 	uint32_t nknown, capknown;
+	struct ctx_pass *passes;   /* newest first */
 };
 
 struct ctxmgr_shard {

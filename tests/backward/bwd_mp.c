@@ -108,6 +108,7 @@ static const struct {
 	{"errors", sc_errors, 4},
 	{"kill", sc_kill, 3},
 	{"release_during", sc_release_during, 2},
+	{"abort", sc_abort, 4},
 };
 
 static void free_worker_state(struct bw_worker *w)

@@ -137,7 +137,12 @@ enum bw_op {
 	BW_PAIR,                   /* y1 = a * b, y2 = a + b (one node, two outputs) */
 };
 
-enum bw_block { BW_BLOCK_NONE = 0, BW_BLOCK_KILL, BW_BLOCK_GATE };
+/*
+ * KILL: the node asks the parent to SIGKILL its worker; GATE: it says it is running (its slot
+ * BW_SLOT_IN_NODE) and waits for the context's release (creator's BW_SLOT_RELEASED); WAIT: it
+ * waits until worker gate_rank's node is in its GATE, then goes on (and fails, if it fails).
+ */
+enum bw_block { BW_BLOCK_NONE = 0, BW_BLOCK_KILL, BW_BLOCK_GATE, BW_BLOCK_WAIT };
 
 struct bw_node {
 	struct bw_node *next;
@@ -149,6 +154,7 @@ struct bw_node {
 	bool fail;                 /* the backward callback fails (errors) */
 	int block;                 /* enum bw_block */
 	uint64_t gate_ctx;         /* BW_BLOCK_GATE: the context it waits for (board slot BW_SLOT_RELEASED) */
+	int gate_rank;             /* BW_BLOCK_WAIT: the worker whose GATE it waits for */
 	atomic_uint runs;
 };
 
@@ -178,6 +184,7 @@ struct bw_ctl {
 	uint16_t block;            /* enum bw_block */
 	uint16_t which;            /* weight family */
 	uint64_t gate_ctx;
+	uint16_t gate_rank;        /* BW_BLOCK_WAIT */
 	uint64_t seed;             /* "leafret", "rref_make": values of the constant */
 	struct bw_shape shape;     /* "leafret" without tensors: the constant's shape */
 };
@@ -209,6 +216,8 @@ enum {
 	BW_SLOT_IN_NODE = 8,       /* release_during: ctx + 1 once the blocked node runs */
 	BW_SLOT_RELEASED = 9,      /* release_during: ctx + 1 once it was released */
 	BW_SLOT_DONE = 10,         /* kill: the caller is done */
+	BW_SLOT_ABORT_RUNS = 11,   /* abort: 1 + this worker's runs aborted by another's failure */
+	BW_SLOT_ABORT_HEARD = 12,  /* abort: 1 + BACKWARD_ABORTs that were news here */
 	BW_SLOT_CTXS = 16,         /* ps: 16.. trainers' contexts (+ 1) per round */
 };
 
@@ -330,5 +339,6 @@ void sc_threads(struct bw_worker *w);
 void sc_errors(struct bw_worker *w);
 void sc_kill(struct bw_worker *w);
 void sc_release_during(struct bw_worker *w);
+void sc_abort(struct bw_worker *w);
 
 #endif /* RDAG_TESTS_BWD_MP_H */

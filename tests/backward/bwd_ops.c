@@ -176,6 +176,9 @@ static int node_bwd(void *arg, const struct rdag_tensor *go, uint32_t no, struct
 		if (rc)
 			return rc;
 	}
+	if (n->block == BW_BLOCK_WAIT &&
+	    bw_await(w, n->gate_rank, BW_SLOT_IN_NODE, n->gate_ctx + 1, 60, "abort: the other node"))
+		return RDAG_ETIMEDOUT;
 	if (n->fail)
 		return RDAG_EIO; /* a framework's failure: no rdag text set */
 	if (no != want_out || ni != want_in) {
@@ -412,6 +415,7 @@ static int fn_chain(void *arg, const struct rdag_caller *who, const struct rdag_
 	nd->fail = ctl.fail_at == 1;
 	nd->block = ctl.block_at == 1 ? ctl.block : BW_BLOCK_NONE;
 	nd->gate_ctx = ctl.gate_ctx;
+	nd->gate_rank = ctl.gate_rank;
 	if (!ctl.nhops)
 		return rdag_reply_tensor(out, &y);
 	{

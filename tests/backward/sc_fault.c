@@ -430,3 +430,98 @@ void sc_release_during(struct bw_worker *w)
 	c.hops[2] = 0;
 	bw_chain_round(w, &c, "release_during: a round trip afterwards");
 }
+
+/* ---- abort -------------------------------------------------------------------------------- */
+
+/* Publishes this worker's abort counters (+ 1) until want of them are seen, or s seconds. */
+static void publish_aborts(struct bw_worker *w, unsigned want_runs, unsigned want_heard, unsigned s)
+{
+	uint64_t dl = bw_deadline(w, s);
+	unsigned runs = 0, heard = 0;
+
+	for (;;) {
+		agent_test_abort_stats(w->a, &runs, &heard);
+		bw_put(w, BW_SLOT_ABORT_RUNS, runs + 1ull);
+		bw_put(w, BW_SLOT_ABORT_HEARD, heard + 1ull);
+		if ((runs >= want_runs && heard >= want_heard) || !mp_wait_until(dl))
+			break;
+	}
+}
+
+/*
+ * An error aborts the pass on every worker of the context, not only up the failing chain. Two
+ * roots on 0: 0 -> 1, whose node fails once 3's node is running; and 0 -> 2 -> 3, whose node
+ * on 3 blocks until 0 lets it go. 0's rdag_backward fails with 1's error; then, while 3's node
+ * still blocks, 2 must have stopped waiting for 3 (its run aborted) and 3 must have heard of
+ * the abort (forwarded by 2: 0 never talked to 3). Let go, 3's run stops before sending its
+ * gradients. After that, a good pass on a new context.
+ */
+void sc_abort(struct bw_worker *w)
+{
+	static const uint16_t to1[] = {1}, to23[] = {2, 3};
+	struct bw_chain ca, cb;
+
+	bw_chain_init(&ca, 0, &S35, to1, 1, 500);
+	bw_chain_init(&cb, 0, &S35, to23, 2, 501);
+	bw_phase(w, "abort: the failing pass");
+	if (w->rank == 0) {
+		struct bw_ctl cta, ctb;
+		struct bw_fwd fa, fb;
+		struct rdag_tensor roots[2];
+		char text[1024];
+		uint64_t ctx = ~0ull, t0, ms;
+		int rc, rc2;
+
+		CHECK_RC(w, rdag_ctx_create(w->a, &ctx), 0, "abort: rdag_ctx_create");
+		bw_ctl_init(&cta, 0);
+		cta.fail_at = 1;
+		cta.block_at = 1;
+		cta.block = BW_BLOCK_WAIT;
+		cta.gate_rank = 3;
+		cta.gate_ctx = ctx;
+		bw_ctl_init(&ctb, 0);
+		ctb.block_at = 2;
+		ctb.block = BW_BLOCK_GATE;
+		ctb.gate_ctx = ctx;
+		rc = bw_fwd_run(w, &ca, &cta, &fa, NULL);
+		CHECK_RC(w, rc, 0, "abort: forward 0 -> 1");
+		rc2 = bw_fwd_run(w, &cb, &ctb, &fb, NULL);
+		CHECK_RC(w, rc2, 0, "abort: forward 0 -> 2 -> 3");
+		if (rc == 0 && rc2 == 0) {
+			roots[0] = fa.loss;
+			roots[1] = fb.loss;
+			t0 = mp_now_ns();
+			rc = rdag_backward(w->a, ctx, roots, 2, false);
+			snprintf(text, sizeof(text), "%s", rdag_last_error());
+			ms = (mp_now_ns() - t0) / 1000000;
+			CHECK_ERR(w, rc, RDAG_EREMOTE, text, "Error on Node 1:", "abort: rdag_backward");
+			printf("abort: rdag_backward failed after %llu ms: \"%s\"\n", (unsigned long long)ms,
+			       text);
+			/* 3's node is still blocked: 2 gave up on it, and 3 knows. */
+			t0 = mp_now_ns();
+			if (bw_await(w, 2, BW_SLOT_ABORT_RUNS, 2, 30, "abort: 2's run was not aborted") == 0 &&
+			    bw_await(w, 3, BW_SLOT_ABORT_HEARD, 2, 30, "abort: 3 never heard of it") == 0)
+				printf("abort: 2's run aborted and 3 told within %llu ms of the failure, while "
+				       "3's node was still running\n",
+				       (unsigned long long)((mp_now_ns() - t0) / 1000000));
+			CHECK(w, bw_get(w, 3, BW_SLOT_IN_NODE) == ctx + 1, "abort: 3's node never ran");
+		}
+		/* Let 3's node go: its run must end aborted, sending nothing. */
+		bw_put(w, BW_SLOT_RELEASED, ctx + 1);
+		bw_await(w, 3, BW_SLOT_ABORT_RUNS, 2, 30, "abort: 3's run was not aborted");
+		bw_fwd_free(&fa);
+		bw_fwd_free(&fb);
+		CHECK_RC(w, rdag_ctx_release(w->a, ctx), 0, "abort: rdag_ctx_release");
+		bw_put(w, BW_SLOT_DONE, 1);
+	} else if (w->rank == 2) {
+		publish_aborts(w, 1, 1, 60);
+	} else if (w->rank == 3) {
+		publish_aborts(w, 0, 1, 60);   /* heard, while the node blocks */
+		publish_aborts(w, 1, 1, 60);   /* then the run ends */
+	}
+	if (w->rank != 0)
+		bw_await(w, 0, BW_SLOT_DONE, 1, 120, "abort: 0 done");
+	bw_barrier(w, "abort: failing pass over");
+	/* The same workers, a good pass on a new context. */
+	bw_chain_round(w, &cb, "abort: a good pass after the aborted one");
+}
