@@ -138,6 +138,14 @@ int fab_select(const struct fab_open_opts *opts, const struct fab_ops **ops, cha
 	return err_set(RDAG_ENODEV, "%s", why);
 }
 
+long fab_live_eps_, fab_live_mrs_;
+
+void fab_get_live(struct fab_live *out)
+{
+	out->eps = __atomic_load_n(&fab_live_eps_, __ATOMIC_RELAXED);
+	out->mrs = __atomic_load_n(&fab_live_mrs_, __ATOMIC_RELAXED);
+}
+
 int fab_open(const struct fab_open_opts *opts, struct fab_ep **ep)
 {
 	const struct fab_ops *ops;
@@ -153,6 +161,7 @@ int fab_open(const struct fab_open_opts *opts, struct fab_ep **ep)
 	if (rc == 0) {
 		const struct fab_attr *a = fab_attr(*ep);
 
+		__atomic_add_fetch(&fab_live_eps_, 1, __ATOMIC_RELAXED);
 		LOG_INFO("fabric: opened %s/%s (caps 0x%x, max msg %zu, max write %zu, inject %zu)",
 			 a->provider, a->fabric_name, a->caps, a->max_msg_size, a->max_write_size,
 			 a->inject_size);

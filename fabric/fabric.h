@@ -238,10 +238,22 @@ int fab_select(const struct fab_open_opts *opts, const struct fab_ops **ops, cha
  */
 int fab_open(const struct fab_open_opts *opts, struct fab_ep **ep);
 
+/*
+ * What this process holds through the trampolines below, for leak checks (tests/faults): open
+ * endpoints (fab_open - fab_close) and memory registrations (successful fab_mr_reg* - successful
+ * fab_mr_dereg; a failed deregistration stays counted, as the provider may still hold it).
+ */
+struct fab_live {
+	long eps, mrs;
+};
+extern long fab_live_eps_, fab_live_mrs_; /* fabric.c; use fab_get_live() */
+void fab_get_live(struct fab_live *out);  /* a snapshot (atomic reads). Thread-safe */
+
 /* Thin trampolines, as libfabric's inline calls. */
 static inline void fab_close(struct fab_ep *ep)
 {
 	ep->ops->close(ep);
+	__atomic_sub_fetch(&fab_live_eps_, 1, __ATOMIC_RELAXED);
 }
 static inline int fab_name(struct fab_ep *ep, void *addr, size_t *len)
 {
@@ -255,16 +267,28 @@ static inline int fab_connect(struct fab_ep *ep, uint32_t npeers, const void *co
 static inline int fab_mr_reg(struct fab_ep *ep, void *addr, size_t len, uint32_t access,
 			     struct fab_mr *mr)
 {
-	return ep->ops->mr_reg(ep, addr, len, access, FAB_MEM_HOST, 0, mr);
+	int rc = ep->ops->mr_reg(ep, addr, len, access, FAB_MEM_HOST, 0, mr);
+
+	if (rc == 0)
+		__atomic_add_fetch(&fab_live_mrs_, 1, __ATOMIC_RELAXED);
+	return rc;
 }
 static inline int fab_mr_reg_mem(struct fab_ep *ep, void *addr, size_t len, uint32_t access,
 				 enum fab_mem_kind kind, int device, struct fab_mr *mr)
 {
-	return ep->ops->mr_reg(ep, addr, len, access, kind, device, mr);
+	int rc = ep->ops->mr_reg(ep, addr, len, access, kind, device, mr);
+
+	if (rc == 0)
+		__atomic_add_fetch(&fab_live_mrs_, 1, __ATOMIC_RELAXED);
+	return rc;
 }
 static inline int fab_mr_dereg(struct fab_ep *ep, struct fab_mr *mr)
 {
-	return ep->ops->mr_dereg(ep, mr);
+	int rc = ep->ops->mr_dereg(ep, mr);
+
+	if (rc == 0)
+		__atomic_sub_fetch(&fab_live_mrs_, 1, __ATOMIC_RELAXED);
+	return rc;
 }
 static inline int fab_post_recv(struct fab_ep *ep, void *buf, size_t len, void *desc, void *ctx)
 {
