@@ -23,6 +23,11 @@ extern "C" {
  * outputs are in (outputs that got none are zeros). Gradients reaching a leaf or an rdag recv
  * function are handed to the sink. Supported dtypes for accumulation: f32, f64, i32, i64.
  *
+ * Gradients are not copied: a node's output gradient is the buffer that reached it (a root's
+ * gradient, read in place, or the buffer another node filled, moved), and is copied only when a
+ * second one must be added to a buffer it does not own; the buffers a node fills move on to the
+ * next node or, through the sink's *_take callbacks, to the sink.
+ *
  * Threads: a graph may be built and run from several threads (one mutex per graph); callbacks
  * run on the thread inside rdag_graph_run(), without the graph's lock.
  */
@@ -69,6 +74,14 @@ struct rdag_grad_sink {
 	int (*recv)(void *arg, void *recv_fn, uint32_t input_nr, const struct rdag_tensor *grad);
 	void *arg;
 	int (*check)(void *arg);
+	/*
+	 * Optional, and what keeps gradients from being copied: as leaf and recv, but grad->data
+	 * (from malloc) is handed over, the sink frees it with free(), whatever it returns. An
+	 * engine calls them, when set, for buffers it would free next (rdag_graph: the gradients
+	 * a node computed); the others go to leaf and recv.
+	 */
+	int (*leaf_take)(void *arg, void *var, struct rdag_tensor *grad);
+	int (*recv_take)(void *arg, void *recv_fn, uint32_t input_nr, struct rdag_tensor *grad);
 };
 
 /*

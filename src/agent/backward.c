@@ -33,26 +33,6 @@ static size_t numel(const struct rdag_tensor *t)
 	return n;
 }
 
-/* *dst += src, allocating dst (shaped like src) the first time. */
-static int acc(struct rdag_tensor *dst, const struct rdag_tensor *src)
-{
-	size_t nb = rdag_tensor_nbytes(src);
-
-	if (!dst->data) {
-		*dst = *src;
-		dst->requires_grad = false;
-		dst->grad_kind = RDAG_GRAD_NONE;
-		memset(&dst->grad_fn, 0, sizeof(dst->grad_fn));
-		dst->data = malloc(nb ? nb : 1);
-		if (!dst->data)
-			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
-		if (nb)
-			memcpy(dst->data, src->data, nb);
-		return 0;
-	}
-	return rdag_tensor_add(dst, src);
-}
-
 /* ---- passes and their abort ------------------------------------------------------------- */
 
 /*
@@ -329,10 +309,38 @@ static int pass_check(void *arg)
 	return atomic_load(&p->ps->aborted) ? pass_error(p->a, p->ps) : 0;
 }
 
-/* Sink: a leaf's gradient accumulates in the context (variable -> gradient). */
-static int sink_leaf(void *arg, void *var, const struct rdag_tensor *grad)
+/*
+ * *dst += *src, dst (shaped like src) made the first time: from src's buffer itself when take
+ * (the engine handed it over: no copy), else a copy. When take, src's buffer is ours in any case.
+ */
+static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take)
 {
-	struct pass *p = arg;
+	size_t nb = rdag_tensor_nbytes(src);
+	int rc;
+
+	if (!dst->data) {
+		*dst = *src;
+		dst->requires_grad = false;
+		dst->grad_kind = RDAG_GRAD_NONE;
+		memset(&dst->grad_fn, 0, sizeof(dst->grad_fn));
+		if (take)
+			return 0;
+		dst->data = malloc(nb ? nb : 1);
+		if (!dst->data)
+			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
+		if (nb)
+			memcpy(dst->data, src->data, nb);
+		return 0;
+	}
+	rc = rdag_tensor_add(dst, src);
+	if (take)
+		free(src->data);
+	return rc;
+}
+
+/* A leaf's gradient accumulates in the context (variable -> gradient). */
+static int leaf_acc(struct pass *p, void *var, struct rdag_tensor *grad, bool take)
+{
 	struct ctx *c = p->c;
 	struct ctx_grad *g;
 	int rc;
@@ -344,32 +352,55 @@ static int sink_leaf(void *arg, void *var, const struct rdag_tensor *grad)
 		if (!g || u64map_put(&c->grads, (uintptr_t)var, g)) {
 			free(g);
 			pthread_mutex_unlock(&c->lock);
+			if (take)
+				free(grad->data);
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		}
 		g->var = var;
 	}
-	if (g->t.data && numel(&g->t) != numel(grad))
+	if (g->t.data && numel(&g->t) != numel(grad)) {
 		rc = err_set(RDAG_EINVAL, "gradients of different sizes for the same variable");
-	else
-		rc = acc(&g->t, grad);
+		if (take)
+			free(grad->data);
+	} else {
+		rc = acc(&g->t, grad, take);
+	}
 	pthread_mutex_unlock(&c->lock);
 	return rc;
 }
 
-/* Sink: a gradient for a tensor that arrived by RPC; sent back once the local pass is done. */
-static int sink_recv(void *arg, void *fnp, uint32_t nr, const struct rdag_tensor *grad)
+static int sink_leaf(void *arg, void *var, const struct rdag_tensor *grad)
 {
-	struct pass *p = arg;
-	struct ctx_recvfn *fn = fnp;
+	struct rdag_tensor t = *grad;
+
+	return leaf_acc(arg, var, &t, false);
+}
+
+static int sink_leaf_take(void *arg, void *var, struct rdag_tensor *grad)
+{
+	return leaf_acc(arg, var, grad, true);
+}
+
+/* A gradient for a tensor that arrived by RPC; sent back once the local pass is done. */
+static int recv_acc(struct pass *p, struct ctx_recvfn *fn, uint32_t nr, struct rdag_tensor *grad,
+		    bool take)
+{
 	struct rgrads *r;
 	int rc;
 
 	if (!fn || fn->magic != CTX_RECV_MAGIC || fn->ctx_id != p->c->id || nr >= fn->ntensors)
-		return err_set(RDAG_EINVAL, "a gradient flows into a recv function that is not of "
-			       "context %#llx", (unsigned long long)p->c->id);
-	if (grad->dtype != fn->meta[nr].dtype)
-		return err_set(RDAG_EINVAL, "gradient of dtype %u for a tensor of dtype %u",
-			       grad->dtype, fn->meta[nr].dtype);
+		rc = err_set(RDAG_EINVAL, "a gradient flows into a recv function that is not of "
+			     "context %#llx", (unsigned long long)p->c->id);
+	else if (grad->dtype != fn->meta[nr].dtype)
+		rc = err_set(RDAG_EINVAL, "gradient of dtype %u for a tensor of dtype %u",
+			     grad->dtype, fn->meta[nr].dtype);
+	else
+		rc = 0;
+	if (rc) {
+		if (take)
+			free(grad->data);
+		return rc;
+	}
 	pthread_mutex_lock(&p->lock);
 	r = u64map_get(&p->recv, (uintptr_t)fn);
 	if (!r) {
@@ -381,13 +412,27 @@ static int sink_recv(void *arg, void *fnp, uint32_t nr, const struct rdag_tensor
 				free(r->g);
 			free(r);
 			pthread_mutex_unlock(&p->lock);
+			if (take)
+				free(grad->data);
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		}
 		r->fn = fn;
 	}
-	rc = acc(&r->g[nr], grad);
+	rc = acc(&r->g[nr], grad, take);
 	pthread_mutex_unlock(&p->lock);
 	return rc;
+}
+
+static int sink_recv(void *arg, void *fnp, uint32_t nr, const struct rdag_tensor *grad)
+{
+	struct rdag_tensor t = *grad;
+
+	return recv_acc(arg, fnp, nr, &t, false);
+}
+
+static int sink_recv_take(void *arg, void *fnp, uint32_t nr, struct rdag_tensor *grad)
+{
+	return recv_acc(arg, fnp, nr, grad, true);
 }
 
 static void pass_fini(struct pass *p)
@@ -528,6 +573,8 @@ static int run_pass(rdag_agent_t *a, struct ctx *c, uint64_t pass_id,
 	sink.recv = sink_recv;
 	sink.arg = &p;
 	sink.check = pass_check;
+	sink.leaf_take = sink_leaf_take;
+	sink.recv_take = sink_recv_take;
 	nodes = calloc(n ? n : 1, sizeof(*nodes));
 	if (!nodes) {
 		rc = err_set(RDAG_ENOMEM, "out of memory for a backward pass");

@@ -182,6 +182,7 @@ struct nstate {
 	struct gnode *n;
 	uint32_t deps;                /* edges from reachable nodes not yet run */
 	struct rdag_tensor *grads;    /* n_out accumulated output gradients (data NULL: none yet) */
+	bool *owned;                  /* n_out: grads[i].data is ours (else a root's, read only) */
 	struct nstate *qnext;
 };
 
@@ -203,8 +204,12 @@ static int check_shape(const struct rdag_tensor *meta, const struct rdag_tensor 
 	return 0;
 }
 
-/* Adds g into output slot i of s (a copy the first time). */
-static int accumulate(struct nstate *s, uint32_t i, const struct rdag_tensor *g)
+/*
+ * Adds g into output slot i of s. The first gradient is not copied: a root's (own false) is read
+ * in place, a node's (own true) is moved (g->data becomes NULL). A second one is added into a
+ * buffer of our own (the borrowed one copied first).
+ */
+static int accumulate(struct nstate *s, uint32_t i, struct rdag_tensor *g, bool own)
 {
 	struct rdag_tensor *dst = &s->grads[i];
 	int rc = check_shape(&s->n->out_meta[i], g);
@@ -212,8 +217,28 @@ static int accumulate(struct nstate *s, uint32_t i, const struct rdag_tensor *g)
 	if (rc)
 		return rc;
 	if (!dst->data) {
-		if (!zeros_like(&s->n->out_meta[i], dst))
+		*dst = s->n->out_meta[i];
+		dst->data = g->data;
+		s->owned[i] = own;
+		if (own)
+			g->data = NULL;
+		if (dst->data || !rdag_tensor_nbytes(dst))
+			return 0;
+		/* an empty gradient without a buffer: zeros of its (empty) shape */
+		s->owned[i] = true;
+		return zeros_like(&s->n->out_meta[i], dst) ? 0 :
+		       err_set(RDAG_ENOMEM, "out of memory for a gradient");
+	}
+	if (!s->owned[i]) {
+		size_t nb = rdag_tensor_nbytes(dst);
+		void *p = malloc(nb ? nb : 1);
+
+		if (!p)
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
+		if (nb)
+			memcpy(p, dst->data, nb);
+		dst->data = p;
+		s->owned[i] = true;
 	}
 	return rdag_tensor_add(dst, g);
 }
@@ -225,21 +250,25 @@ static struct gnode *as_node(void *p)
 	return n && n->magic == NODE_MAGIC ? n : NULL;
 }
 
-/* Hands a gradient for edge e on: into a node's slot (counting the dependency down), or to the sink. */
-static int deliver(struct u64map *st, const struct gedge *e, const struct rdag_tensor *g,
+/*
+ * Hands a gradient for edge e on: into a node's slot (counting the dependency down), or to the
+ * sink. own: g->data is ours to give away (it is NULL on return if it was given).
+ */
+static int deliver(struct u64map *st, const struct gedge *e, struct rdag_tensor *g, bool own,
 		   const struct rdag_grad_sink *sink, struct nstate ***tail, bool count)
 {
+	int rc;
+
 	switch (e->kind) {
 	case RDAG_GRAD_NODE: {
 		struct nstate *s = u64map_get(st, (uintptr_t)e->e.node);
-		int rc;
 
 		if (!s)
 			return err_set(RDAG_EINVAL, "a gradient flows into a node that is not in the graph");
 		if (e->e.input_nr >= s->n->n_out)
 			return err_set(RDAG_EINVAL, "a gradient flows into output %u of a node with %u",
 				       e->e.input_nr, s->n->n_out);
-		rc = accumulate(s, e->e.input_nr, g);
+		rc = accumulate(s, e->e.input_nr, g, own);
 		if (rc)
 			return rc;
 		if (count && --s->deps == 0) {
@@ -249,9 +278,23 @@ static int deliver(struct u64map *st, const struct gedge *e, const struct rdag_t
 		return 0;
 	}
 	case RDAG_GRAD_LEAF:
-		return sink && sink->leaf ? sink->leaf(sink->arg, e->e.node, g) : 0;
+		if (!sink)
+			return 0;
+		if (own && sink->leaf_take && g->data) {
+			rc = sink->leaf_take(sink->arg, e->e.node, g);
+			g->data = NULL;
+			return rc;
+		}
+		return sink->leaf ? sink->leaf(sink->arg, e->e.node, g) : 0;
 	case RDAG_GRAD_RECV:
-		return sink && sink->recv ? sink->recv(sink->arg, e->e.node, e->e.input_nr, g) : 0;
+		if (!sink)
+			return 0;
+		if (own && sink->recv_take && g->data) {
+			rc = sink->recv_take(sink->arg, e->e.node, e->e.input_nr, g);
+			g->data = NULL;
+			return rc;
+		}
+		return sink->recv ? sink->recv(sink->arg, e->e.node, e->e.input_nr, g) : 0;
 	default:
 		return 0;
 	}
@@ -279,7 +322,9 @@ static int discover(struct u64map *st, const struct rdag_edge_grad *roots, uint3
 		for (sp = 0;;) {
 			struct nstate *s = calloc(1, sizeof(*s));
 
-			if (!s || !(s->grads = calloc(root->n_out ? root->n_out : 1, sizeof(*s->grads))) ||
+			/* grads and owned in one block */
+			if (!s || !(s->grads = calloc(root->n_out ? root->n_out : 1,
+						     sizeof(*s->grads) + sizeof(bool))) ||
 			    u64map_put(st, (uintptr_t)root, s)) {
 				if (s)
 					free(s->grads);
@@ -288,6 +333,7 @@ static int discover(struct u64map *st, const struct rdag_edge_grad *roots, uint3
 				break;
 			}
 			s->n = root;
+			s->owned = (bool *)(s->grads + (root->n_out ? root->n_out : 1));
 			if (sp == cap) {
 				size_t ncap = cap ? 2 * cap : 64;
 				struct gnode **ns = realloc(stack, ncap * sizeof(*ns));
@@ -362,7 +408,8 @@ static void free_state(struct u64map *st)
 		struct nstate *s = v;
 
 		for (uint32_t j = 0; j < s->n->n_out; j++)
-			free(s->grads[j].data);
+			if (s->owned[j])
+				free(s->grads[j].data);
 		free(s->grads);
 		free(s);
 	}
@@ -379,9 +426,13 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 	if (n->freed)
 		return err_set(RDAG_EINVAL, "the graph was freed: run backward with retain_graph to "
 			       "run it twice");
-	for (uint32_t i = 0; i < n->n_out; i++)
-		if (!s->grads[i].data && !zeros_like(&n->out_meta[i], &s->grads[i]))
+	for (uint32_t i = 0; i < n->n_out; i++) {
+		if (s->grads[i].data)
+			continue;
+		if (!zeros_like(&n->out_meta[i], &s->grads[i]))
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
+		s->owned[i] = true;
+	}
 	gin = calloc(n->n_in ? n->n_in : 1, sizeof(*gin));
 	if (!gin)
 		return err_set(RDAG_ENOMEM, "out of memory for gradients");
@@ -399,7 +450,7 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 		n->freed = true;
 	for (uint32_t i = 0; i < n->n_in && !rc; i++)
 		if (n->next[i].kind != RDAG_GRAD_NONE)
-			rc = deliver(st, &n->next[i], &gin[i], sink, tail, true);
+			rc = deliver(st, &n->next[i], &gin[i], true, sink, tail, true);
 	for (uint32_t i = 0; i < n->n_in; i++)
 		free(gin[i].data);
 	free(gin);
@@ -420,8 +471,9 @@ int rdag_graph_run(rdag_graph_t *g, const struct rdag_edge_grad *roots, uint32_t
 	rc = discover(&st, roots, n);
 	for (uint32_t r = 0; r < n && !rc; r++) {
 		struct gedge e = {.kind = roots[r].grad_kind, .e = roots[r].edge};
+		struct rdag_tensor rg = roots[r].grad; /* read in place, never written */
 
-		rc = deliver(&st, &e, &roots[r].grad, sink, &tail, false);
+		rc = deliver(&st, &e, &rg, false, sink, &tail, false);
 	}
 	if (!rc) {
 		/* ready: the reachable nodes no other reachable node feeds */

@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -104,7 +105,7 @@ static void diamond_counts_dependencies(void **state)
 	struct sink_state s;
 	void *nid, *n1, *n2, *nz;
 	struct rdag_edge_grad root;
-	struct rdag_grad_sink sink = {on_leaf, on_recv, &s, NULL};
+	struct rdag_grad_sink sink = {.leaf = on_leaf, .recv = on_recv, .arg = &s};
 
 	(void)state;
 	memset(&s, 0, sizeof(s));
@@ -157,7 +158,7 @@ static void check_stops_the_pass(void **state)
 	struct sink_state s;
 	void *node = NULL;
 	struct rdag_edge_grad root;
-	struct rdag_grad_sink sink = {on_leaf, on_recv, &s, stop_third};
+	struct rdag_grad_sink sink = {.leaf = on_leaf, .recv = on_recv, .arg = &s, .check = stop_third};
 
 	(void)state;
 	memset(&s, 0, sizeof(s));
@@ -186,6 +187,85 @@ static void check_stops_the_pass(void **state)
 	rdag_graph_destroy(g);
 }
 
+static void *last_gin;         /* the buffer the last pointer-recording node filled */
+static void *taken;            /* what leaf_take was handed */
+static int take_calls;
+
+/* Scales by *arg like scale_bw and remembers the buffer it filled. */
+static int scale_rec_bw(void *arg, const struct rdag_tensor *go, uint32_t no, struct rdag_tensor *gi,
+			uint32_t ni)
+{
+	const double k = *(const double *)arg;
+
+	(void)no;
+	(void)ni;
+	for (int i = 0; i < N; i++)
+		((double *)gi[0].data)[i] = k * ((const double *)go[0].data)[i];
+	last_gin = gi[0].data;
+	return 0;
+}
+
+static int on_leaf_take(void *arg, void *var, struct rdag_tensor *g)
+{
+	int rc = on_leaf(arg, var, g);
+
+	taken = g->data;
+	take_calls++;
+	free(g->data);
+	return rc;
+}
+
+/*
+ * Gradients are not copied: a root's buffer is read in place (two roots into one slot: the
+ * first is copied only when the second is added, and neither root buffer changes), and the
+ * buffer a node fills is the one the sink's leaf_take gets.
+ */
+static void gradients_move_without_copies(void **state)
+{
+	rdag_graph_t *g;
+	double xd[N] = {1, 2, 3, 4}, buf[N], r1[N] = {1, 1, 1, 1}, r2[N] = {1, 2, 3, 4}, two = 2;
+	struct rdag_tensor x, y;
+	struct sink_state s;
+	void *node;
+	struct rdag_edge_grad roots[2];
+	struct rdag_grad_sink sink = {.leaf = on_leaf, .recv = on_recv, .arg = &s,
+				      .leaf_take = on_leaf_take};
+
+	(void)state;
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(rdag_graph_create(&g), 0);
+	vec(&x, xd, true);
+	s.keys[0] = xd;
+	assert_int_equal(rdag_graph_node(g, scale_rec_bw, &two, &x, 1, &x, 1, &node), 0);
+	out_of(&y, buf, node, 0);
+	memset(roots, 0, sizeof(roots));
+	for (int r = 0; r < 2; r++) {
+		roots[r].grad_kind = RDAG_GRAD_NODE;
+		roots[r].edge = y.grad_fn;
+	}
+	vec(&roots[0].grad, r1, false);
+	vec(&roots[1].grad, r2, false);
+	take_calls = 0;
+	assert_int_equal(rdag_graph_run(g, roots, 2, true, &sink), 0);
+	assert_int_equal(take_calls, 1);
+	assert_int_equal(s.leaf_calls, 1);
+	assert_ptr_equal(taken, last_gin);  /* the node's own buffer, not a copy */
+	for (int i = 0; i < N; i++) {
+		assert_true(s.leaf[0][i] == 2.0 * (1.0 + (i + 1)));
+		assert_true(r1[i] == 1.0 && r2[i] == (double)(i + 1)); /* roots untouched */
+	}
+	/* one root: its buffer is the node's output gradient as it is */
+	assert_int_equal(rdag_graph_run(g, roots + 1, 1, true, &sink), 0);
+	for (int i = 0; i < N; i++)
+		assert_true(s.leaf[0][i] == 2.0 * (1.0 + (i + 1)) + 2.0 * (i + 1));
+	/* without leaf_take the sink gets a view, and the engine frees its buffer */
+	sink.leaf_take = NULL;
+	assert_int_equal(rdag_graph_run(g, roots, 2, false, &sink), 0);
+	assert_int_equal(take_calls, 2);
+	assert_int_equal(s.leaf_calls, 3);
+	rdag_graph_destroy(g);
+}
+
 /* Two roots, a leaf root, a recv-function edge, inputs that need no gradient, and errors. */
 static void roots_sinks_and_errors(void **state)
 {
@@ -195,7 +275,7 @@ static void roots_sinks_and_errors(void **state)
 	struct sink_state s;
 	void *nadd, *nscale, *nfail;
 	struct rdag_edge_grad roots[3];
-	struct rdag_grad_sink sink = {on_leaf, on_recv, &s, NULL};
+	struct rdag_grad_sink sink = {.leaf = on_leaf, .recv = on_recv, .arg = &s};
 	static int fake_recv_fn;
 
 	(void)state;
@@ -274,6 +354,7 @@ int main(void)
 		cmocka_unit_test(diamond_counts_dependencies),
 		cmocka_unit_test(roots_sinks_and_errors),
 		cmocka_unit_test(check_stops_the_pass),
+		cmocka_unit_test(gradients_move_without_copies),
 		cmocka_unit_test(tensor_add_dtypes),
 	};
 
