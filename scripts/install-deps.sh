@@ -8,6 +8,7 @@ pkgs=(
   libfabric-dev libfabric-bin
   libcmocka-dev
   clang
+  cppcheck clang-tidy-14 valgrind   # scripts/run-checks, the valgrind stage of run-tests
   openmpi-bin   # the bootstrap test launches real ranks with mpirun
   # ../shared/rdma-vm (Soft-RoCE VM) needs these on the host
   qemu-system-x86 kmod xz-utils iproute2

@@ -531,6 +531,30 @@ fail:
 	return rc;
 }
 
+/* "Error on Node <id>: " at the start of text[0, len): returns the prefix's length and stores the
+ * id, or returns 0 (no such prefix, or an id above 65535). Unlike sscanf's %u, a long digit
+ * string cannot overflow. */
+static size_t remote_origin(const char *text, size_t len, uint16_t *origin)
+{
+	static const char pre[] = "Error on Node ";
+	size_t i = sizeof(pre) - 1;
+	uint32_t v = 0;
+
+	if (len < i || memcmp(text, pre, i) != 0)
+		return 0;
+	if (i >= len || text[i] < '0' || text[i] > '9')
+		return 0;
+	for (; i < len && text[i] >= '0' && text[i] <= '9'; i++) {
+		v = v * 10 + (uint32_t)(text[i] - '0');
+		if (v > UINT16_MAX)
+			return 0;
+	}
+	if (i + 1 >= len || text[i] != ':' || text[i + 1] != ' ')
+		return 0;
+	*origin = (uint16_t)v;
+	return i + 2;
+}
+
 static struct ag_out *new_call(const char *fn, const struct rdag_msg *args, uint8_t kind, int *rc)
 {
 	struct ag_out *o = calloc(1, sizeof(*o));
@@ -551,7 +575,7 @@ static struct ag_out *new_call(const char *fn, const struct rdag_msg *args, uint
 		*rc = err_set(RDAG_ENOMEM, "out of memory for a call");
 		goto fail;
 	}
-	memcpy(o->own[0], fn, len);
+	memcpy(o->own[0], fn, len); /* NOLINT(bugprone-not-null-terminated-result): ptr + len */
 	o->call.name.ptr = o->own[0];
 	o->call.name.len = (uint32_t)len;
 	if (args && args->payload_len) {
@@ -952,17 +976,16 @@ struct ag_out *ag_exception_out(rdag_agent_t *a, int code, const char *text)
 	o->exc.origin = a->id;
 	{
 		/* An error that came from another worker keeps its origin through a chain of calls. */
-		unsigned origin;
-		int skip = 0;
+		uint16_t origin;
+		size_t skip = remote_origin(text, len, &origin);
 
-		if (sscanf(text, "Error on Node %u: %n", &origin, &skip) == 1 && skip > 0 &&
-		    origin < 65536) {
-			o->exc.origin = (uint16_t)origin;
+		if (skip) {
+			o->exc.origin = origin;
 			text += skip;
-			len -= (size_t)skip;
+			len -= skip;
 		}
 	}
-	memcpy(o->own[0], text, len);
+	memcpy(o->own[0], text, len); /* NOLINT(bugprone-not-null-terminated-result): ptr + len */
 	o->exc.text.ptr = o->own[0];
 	o->exc.text.len = (uint32_t)len;
 	return o;
@@ -1163,7 +1186,7 @@ fail_text:
 
 int ag_cleanup_peers(rdag_agent_t *a, uint64_t id, const uint16_t *peers, size_t n, int exclude)
 {
-	rdag_future_t **fs = calloc(n ? n : 1, sizeof(*fs));
+	rdag_future_t **fs = calloc(n ? n : 1, sizeof(*fs)); /* NOLINT(bugprone-sizeof-expression) */
 	int failed = 0;
 
 	if (!fs)

@@ -33,7 +33,7 @@
 #define BOOT_TOKEN_MAX 256       /* job token, with its NUL */
 #define BOOT_ADDR_MAX 256        /* master address (host name or IP literal), with its NUL */
 #define BOOT_WORLD_MAX 65536     /* worker ids are 16 bits */
-#define BOOT_BLOB_MAX (64 * 1024) /* largest blob one rank contributes to an allgather */
+#define BOOT_BLOB_MAX 65536u /* 64 KiB: largest blob one rank contributes to an allgather */
 #define BOOT_DEFAULT_TIMEOUT_MS 120000
 
 /*

@@ -110,7 +110,7 @@ void xport_fab_opts(const struct xport_opts *o, uint32_t world, uint32_t rank,
 	fo->world_size = world;
 	fo->rank = rank;
 	fo->rx_depth = (size_t)(o->credits + XP_EXTRA_RECV) * np;
-	fo->tx_depth = (size_t)o->send_depth + 4u * np + 64u + (size_t)o->credits * np;
+	fo->tx_depth = (size_t)o->send_depth + 4 * (size_t)np + 64u + (size_t)o->credits * np;
 }
 
 /* ---- failure ------------------------------------------------------------------------------- */
