@@ -759,8 +759,20 @@ void ag_serve_backward(struct ag_job *j)
 	}
 	pthread_mutex_lock(&c->lock);
 	s = u64map_get(&c->send_fns, g->msg_id);
+	/*
+	 * Only the worker the tensors went to may send their gradients: anything else is forged.
+	 * (A replay by that worker cannot be told from a second local run of the same pass
+	 * reaching the same recv function there, which is legitimate.)
+	 */
+	if (s && s->dst != in->src)
+		rc = err_set(RDAG_EACCES, "worker %u: gradients for autograd message %#llx of context "
+			     "%#llx came from worker %u, but its tensors went to worker %u", a->id,
+			     (unsigned long long)g->msg_id, (unsigned long long)g->ctx_id, in->src,
+			     s->dst);
 	pthread_mutex_unlock(&c->lock);
-	if (!s) {
+	if (rc) {
+		LOG_WARN("agent: %s", rdag_last_error());
+	} else if (!s) {
 		rc = err_set(RDAG_ENOENT, "worker %u: context %#llx has no send function for "
 			     "autograd message %#llx", a->id, (unsigned long long)g->ctx_id,
 			     (unsigned long long)g->msg_id);

@@ -436,11 +436,10 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 	f32_desc(&t, &g);
 
 	/*
-	 * 1. replay_live only (not in ctest: it fails until the fix described in docs/reliability.md):
-	 * a replay, from the rogue, of the gradient request worker 0's pass sent to 1 for the live
-	 * context C (handled, retain_graph=false). Today worker 1 runs it and the gradient of C on
-	 * worker 0 changes: ag_serve_backward does not check that the request comes from the worker
-	 * the send function's message went to (ctx_sendfn.dst), nor that the graph was freed.
+	 * 1. replay_live only: a replay, from the rogue, of the gradient request worker 0's pass
+	 * sent to 1 for the live context C (handled, retain_graph=false). Refused: only the worker
+	 * a send function's tensors went to (ctx_sendfn.dst) may send their gradients; before that
+	 * check worker 1 ran it and the gradient of C on worker 0 changed from 1.0 to 1001.0.
 	 */
 	if (h->replay_live) {
 		n = grad_req(h, msg, sizeof(msg), 501, c, mc, &t);
