@@ -368,9 +368,12 @@ static int record_recv(struct ctx *c, const struct ag_in *in, struct rdag_tensor
 		rg += t[i].requires_grad;
 	if (!rg)
 		return 0;
-	fn = calloc(1, sizeof(*fn) + n * sizeof(fn->meta[0]));
+	/* one block: the function, its tensors' metadata, its device map */
+	fn = calloc(1, sizeof(*fn) + n * sizeof(fn->meta[0]) +
+		    in->devmap.count * sizeof(struct wire_devpair));
 	if (!fn)
 		return err_set(RDAG_ENOMEM, "out of memory recording a recv function");
+	fn->devmap = (struct wire_devpair *)(void *)(fn->meta + n);
 	fn->magic = CTX_RECV_MAGIC;
 	fn->ctx_id = c->id;
 	fn->msg_id = in->msg_id;
@@ -379,7 +382,7 @@ static int record_recv(struct ctx *c, const struct ag_in *in, struct rdag_tensor
 	fn->ngrad = rg;
 	/* Gradients go back the other way: reverse the sender's device map. */
 	fn->ndevmap = in->devmap.count;
-	for (uint16_t i = 0; i < in->devmap.count && i < WIRE_MAX_DEVMAP; i++) {
+	for (uint16_t i = 0; i < in->devmap.count; i++) {
 		struct wire_devpair p;
 
 		wire_devmap_get(&in->devmap, i, &p);

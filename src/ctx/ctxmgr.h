@@ -59,7 +59,7 @@ struct ctx_recvfn {
 	uint64_t msg_id;
 	uint16_t src;              /* the worker that sent the tensors (gets the gradients back) */
 	uint16_t ndevmap;
-	struct wire_devpair devmap[WIRE_MAX_DEVMAP]; /* reversed: our device -> the sender's */
+	struct wire_devpair *devmap; /* ndevmap, reversed (our device -> the sender's), after meta[] */
 	uint32_t ntensors;         /* tensors in the message */
 	uint32_t ngrad;            /* of them, requiring grad */
 	struct ctx_tmeta meta[];   /* per tensor of the message */
@@ -129,6 +129,13 @@ int ctxmgr_get_or_create(struct ctxmgr *m, uint64_t id, struct ctx **out);
 /* Removes id from the map; returns the context with the map's reference moved to the caller, or NULL. */
 struct ctx *ctxmgr_remove(struct ctxmgr *m, uint64_t id);
 void ctx_put(struct ctx *c);
+/*
+ * Removes up to cap contexts created by worker (the id's top 16 bits) from the map, moving the
+ * map's references into out[]; returns how many (0: none left). For a creator declared dead,
+ * whose cleanups will never come. A thread whose current context is one of them keeps it until
+ * it sets another (as after a remote cleanup).
+ */
+size_t ctxmgr_take_created_by(struct ctxmgr *m, uint16_t worker, struct ctx **out, size_t cap);
 
 size_t ctxmgr_count(struct ctxmgr *m);
 

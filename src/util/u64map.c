@@ -45,7 +45,7 @@ void *u64map_get(const struct u64map *m, uint64_t key)
 
 static int grow(struct u64map *m)
 {
-	size_t ncap = m->cap ? m->cap : 16, i;
+	size_t ncap = m->cap ? m->cap : 4, i; /* small first: a context holds three maps */
 	uint64_t *nk;
 	void **nv;
 

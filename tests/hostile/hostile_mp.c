@@ -726,6 +726,10 @@ static int load(struct hm *h, int lfd, int port, int world)
 		       "heap %llu -> %llu bytes, %.0f bytes per context\n",
 		       (unsigned long long)m1[1], (unsigned long long)m0[0], (unsigned long long)m1[0],
 		       ((double)m1[0] - (double)m0[0]) / (double)(m1[1] - m0[1]));
+		/* issue 7's target: an idle context under 1 KiB (plus registered buffers) */
+		CHECK(h, m1[0] < m0[0] + 1024ull * (m1[1] - m0[1]),
+		      "memory per context %.0f bytes, above the 1 KiB target",
+		      ((double)m1[0] - (double)m0[0]) / (double)(m1[1] - m0[1]));
 	}
 	barrier(h, "measured");
 	if (h->rank > 0 && ids) {
