@@ -51,12 +51,34 @@ void rdag_agent_opts_init(struct rdag_agent_opts *o)
 	o->progress = -1;
 }
 
+/*
+ * The contexts the dead peer created here will never get its cleanup: release them locally (every
+ * other survivor sees the death through its own keepalives and does the same). A pass still
+ * running in one keeps its reference until it ends.
+ */
+static void release_contexts_of(rdag_agent_t *a, uint32_t peer)
+{
+	struct ctx *cs[64];
+	size_t n, total = 0;
+
+	if (peer > UINT16_MAX)
+		return;
+	while ((n = ctxmgr_take_created_by(&a->cm, (uint16_t)peer, cs, 64)) > 0) {
+		for (size_t i = 0; i < n; i++)
+			ctx_put(cs[i]);
+		total += n;
+	}
+	if (total)
+		LOG_WARN("agent: released %zu context(s) created by dead worker %u", total, peer);
+}
+
 static void on_peer_dead(void *arg, uint32_t peer, int code, const char *why)
 {
 	rdag_agent_t *a = arg;
 
 	LOG_WARN("agent: %s", why);
 	ag_fail_peer(a, peer, code, why);
+	release_contexts_of(a, peer);
 }
 
 static void *progress_main(void *arg)

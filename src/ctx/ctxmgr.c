@@ -202,6 +202,28 @@ struct ctx *ctxmgr_remove(struct ctxmgr *m, uint64_t id)
 	return c;
 }
 
+size_t ctxmgr_take_created_by(struct ctxmgr *m, uint16_t worker, struct ctx **out, size_t cap)
+{
+	size_t n = 0;
+
+	for (size_t k = 0; k < CTXMGR_SHARDS && n < cap; k++) {
+		struct ctxmgr_shard *s = &m->shards[k];
+		size_t first = n, i = 0;
+		uint64_t id;
+		void *v;
+
+		pthread_mutex_lock(&s->lock);
+		while (n < cap && u64map_next(&s->map, &i, &id, &v))
+			if ((id >> 48) == worker)
+				out[n++] = v;
+		for (size_t j = first; j < n; j++)
+			u64map_del(&s->map, out[j]->id);
+		pthread_mutex_unlock(&s->lock);
+		atomic_fetch_sub(&m->count, n - first);
+	}
+	return n;
+}
+
 void ctx_put(struct ctx *c)
 {
 	if (c && atomic_fetch_sub(&c->refs, 1) == 1)

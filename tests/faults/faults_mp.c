@@ -91,7 +91,6 @@ struct ft_worker {
 	int ready_fd;
 	atomic_int fail;
 	atomic_int asked;            /* the kill was asked for (once) */
-	bool ctx_kept;               /* link_cut's victim: a context no cleanup reaches (known) */
 	uint64_t deadline_ns;
 	pthread_mutex_t lock;
 	struct ft_node *nodes;       /* node arguments, freed at the end */
@@ -511,8 +510,21 @@ static void sc_kill_forward(struct ft_worker *w)
 	uint64_t ctx;
 	size_t regs;
 
+	if (w->rank == w->victim) {
+		/* A context of the victim's on rank 0, never released: rank 0 drops it at the death. */
+		int rc;
+
+		ctx = new_ctx(w);
+		rc = rdag_rpc_sync(w->a, 0, "echo", &(struct rdag_msg){.payload = "v", .payload_len = 1},
+				   NULL, &fs[0]);
+		CHECK_RC(w, rc, 0, "kill_forward: the victim's call in its context");
+		rdag_future_free(fs[0]);
+	}
+	ft_barrier(w, "kill_forward: the victim's context is on 0");
 	if (w->rank != 0)
 		return;
+	CHECK(w, rdag_ctx_count(w->a) == 1, "kill_forward: %zu contexts on 0, expected the victim's",
+	      rdag_ctx_count(w->a));
 	ft_phase(w, "kill_forward: calls pending on the victim");
 	ctx = new_ctx(w);
 	regs = regs_in_use(w);
@@ -784,10 +796,7 @@ static void sc_link(struct ft_worker *w, bool blip)
 
 	if (w->rank != 0 && w->rank != w->victim)
 		return;
-	/*
-	 * Only rank 0 calls in a context: a context that a peer declared dead made here is never
-	 * cleaned up (its creator skips us, we never hear from it): docs/reliability.md.
-	 */
+	/* Only rank 0 calls in a context (the victim's calls are plain). */
 	if (w->rank == 0)
 		ctx = new_ctx(w);
 	rc = rdag_rpc_sync(w->a, (uint32_t)peer, "echo", &(struct rdag_msg){.payload = "hi", .payload_len = 2},
@@ -860,13 +869,10 @@ static void sc_link(struct ft_worker *w, bool blip)
 	if (w->rank == 0)
 		release_ctx(w, ctx, what);
 	ft_barrier(w, "end of the link scenario");
-	if (!blip && w->rank == w->victim) {
-		/* rank 0's context: its cleanup skipped us (dead to it). Known; freed by rdag_agent_close. */
-		printf("link_cut: the victim holds %zu context(s) of rank 0 that no cleanup will reach\n",
-		       rdag_ctx_count(w->a));
-		CHECK(w, rdag_ctx_count(w->a) <= 1, "link_cut: %zu contexts on the victim", rdag_ctx_count(w->a));
-		w->ctx_kept = true;
-	}
+	/*
+	 * link_cut: rank 0's context on the victim got no cleanup (rank 0 skipped a peer dead to it);
+	 * the victim released it when it declared rank 0 dead (the final checks: no context left).
+	 */
 }
 
 static void sc_link_cut(struct ft_worker *w)
@@ -1029,8 +1035,7 @@ static int worker(const struct mp_cfg *cfg, void *board, int rank, int lfd, int 
 		if (clean_end)
 			ft_barrier(w, "end");
 		ft_phase(w, "final checks");
-		if (!w->ctx_kept)
-			check_ctx_zero(w, "the end");
+		check_ctx_zero(w, "the end");
 		CHECK(w, rdag_rref_count(w->a) == 0, "%zu RRefs left", rdag_rref_count(w->a));
 	}
 	ft_phase(w, "rdag_agent_close");
