@@ -57,12 +57,68 @@ static void rdv_unlink(struct xp_peer *p, struct xp_rdv_in *rec)
 	rec->next = NULL;
 }
 
+/*
+ * Default rendezvous buffers (no rdv_alloc given): sizes rounded up to pages, and freed ones of
+ * up to o.rdv_cache bytes in all kept for the next tensor of the same size. A gradient of a
+ * given shape comes every pass: reusing its buffer saves the page faults of fresh memory and
+ * a registration (the registration cache still holds it). Under xp_lock.
+ */
+static size_t rdv_cap(uint64_t len)
+{
+	return ((size_t)len + 4095) & ~(size_t)4095;
+}
+
+static void *rdv_buf_alloc(struct xport *x, uint64_t len)
+{
+	size_t cap = rdv_cap(len);
+	void *ptr = NULL;
+
+	for (unsigned i = 0; i < x->nrdvc; i++) {
+		if (x->rdvc[i].cap == cap) {
+			ptr = x->rdvc[i].ptr;
+			x->rdvc_bytes -= cap;
+			x->rdvc[i] = x->rdvc[--x->nrdvc];
+			return ptr;
+		}
+	}
+	if (posix_memalign(&ptr, 4096, cap ? cap : 4096))
+		return NULL;
+	return ptr;
+}
+
 static void rdv_buf_free(struct xport *x, void *ptr, uint64_t len)
 {
-	if (x->o.rdv_free)
+	size_t cap = rdv_cap(len);
+
+	if (x->o.rdv_free) {
 		x->o.rdv_free(x->o.rdv_arg, ptr, (size_t)len);
-	else if (!x->o.rdv_alloc)
-		free(ptr);
+		return;
+	}
+	if (x->o.rdv_alloc)
+		return;
+	if (!x->closing && cap && x->rdvc_bytes + cap <= x->o.rdv_cache) {
+		if (x->nrdvc == XP_RDV_CACHE_SLOTS) {
+			/* full: the oldest goes */
+			x->rdvc_bytes -= x->rdvc[0].cap;
+			free(x->rdvc[0].ptr);
+			x->rdvc[0] = x->rdvc[--x->nrdvc];
+		}
+		x->rdvc[x->nrdvc].ptr = ptr;
+		x->rdvc[x->nrdvc].cap = cap;
+		x->nrdvc++;
+		x->rdvc_bytes += cap;
+		return;
+	}
+	free(ptr);
+}
+
+void xport_rdv_cache_drain(struct xport *x)
+{
+	while (x->nrdvc) {
+		x->nrdvc--;
+		free(x->rdvc[x->nrdvc].ptr);
+	}
+	x->rdvc_bytes = 0;
 }
 
 /* Gives back what a message's tensors hold of p's: arena slots, rendezvous buffers (*rdv emptied). */
@@ -200,8 +256,8 @@ static int rdv_prepare(struct xport *x, struct xp_peer *p, struct xp_recv *r, ui
 	}
 	if (x->o.rdv_alloc)
 		ptr = x->o.rdv_alloc(x->o.rdv_arg, p->rank, index, t);
-	else if (posix_memalign(&ptr, 64, (size_t)t->nbytes))
-		ptr = NULL;
+	else
+		ptr = rdv_buf_alloc(x, t->nbytes);
 	if (!ptr) {
 		free(rec);
 		snprintf(why, whylen, "no memory for tensor %u's %llu bytes", index,

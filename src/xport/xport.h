@@ -95,6 +95,7 @@ struct xport_opts {
 	int busy_poll_us;        /* xport_progress spins this long before blocking (RDAG_BUSY_POLL_US, 50) */
 	int idle_sleep_us;       /* without a wait fd: longest sleep between idle polls (RDAG_IDLE_SLEEP_US, 100; 0: yield) */
 	int open_timeout_ms;     /* handshakes must finish within this (default: peer_timeout_ms) */
+	size_t rdv_cache;        /* bytes of freed rendezvous buffers kept for reuse (RDAG_RDV_CACHE, 64 MiB) */
 	xport_recv_fn on_recv;   /* required */
 	void *recv_arg;
 	xport_peer_fn on_peer_dead; /* optional */

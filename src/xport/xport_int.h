@@ -196,6 +196,8 @@ struct xp_peer {
 	char why[320];            /* why it was declared dead */
 };
 
+#define XP_RDV_CACHE_SLOTS 16
+
 struct xport {
 	int lock;                 /* xp_lock */
 	uint64_t now;             /* coarse time of the current progress pass */
@@ -220,6 +222,11 @@ struct xport {
 
 	struct rcache *rc;
 	int own_rcache;
+
+	/* freed rendezvous buffers kept for the next ones of the same size (xp_lock) */
+	struct { void *ptr; size_t cap; } rdvc[XP_RDV_CACHE_SLOTS];
+	unsigned nrdvc;
+	size_t rdvc_bytes;
 
 	/* receive pool */
 	uint8_t *rx_mem;
@@ -341,6 +348,8 @@ void xport_recv_done(struct xport *x, struct xp_recv *r, const struct fab_cqe *c
 void xport_recv_peer_dead(struct xport *x, struct xp_peer *p);
 /* Returns the receive buffer (and everything the message held) to the pool. */
 void xport_recv_free(struct xport *x, struct xp_recv *r);
+/* Frees the rendezvous buffers kept for reuse (at close). */
+void xport_rdv_cache_drain(struct xport *x);
 /* Flushes the rendezvous answers due to p (with credits). 0, or RDAG_EAGAIN to stop flushing p. */
 int xport_flush_answers(struct xport *x, struct xp_peer *p);
 
