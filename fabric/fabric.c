@@ -54,6 +54,15 @@ void fab_opts_from_env(struct fab_open_opts *opts)
 			LOG_WARN("unknown RDAG_FABRIC=%s (use auto, ofi or verbs), using auto", v);
 	}
 	opts->ofi_provider = env_str("RDAG_OFI_PROVIDER");
+	v = env_str("RDAG_OFI_WAIT");
+	if (v) {
+		if (strcasecmp(v, "fd") == 0)
+			opts->ofi_wait = FAB_WAIT_FD;
+		else if (strcasecmp(v, "none") == 0)
+			opts->ofi_wait = FAB_WAIT_NONE;
+		else if (strcasecmp(v, "auto") != 0)
+			LOG_WARN("unknown RDAG_OFI_WAIT=%s (use auto, fd or none), using auto", v);
+	}
 	opts->ib_device = env_str("RDAG_IB_DEVICE");
 	opts->iface_addr = env_str("RDAG_IB_ADDR");
 	v = env_str("RDAG_IB_GID_INDEX");

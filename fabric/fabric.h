@@ -148,6 +148,13 @@ struct fab_cqe {
 
 struct fab_ep;
 
+/* Whether the ofi provider opens its completion queue with a wait object (RDAG_OFI_WAIT). */
+enum fab_wait {
+	FAB_WAIT_AUTO = 0, /* a wait fd, unless the caller said it only busy-polls (poll_only) */
+	FAB_WAIT_FD,       /* a wait fd wherever the provider's fd wakes (not shm) */
+	FAB_WAIT_NONE,     /* no wait object: no FAB_CAP_WAIT_FD; cheaper polls on tcp;ofi_rxm */
+};
+
 /* Options for opening an endpoint (from the environment by default; see docs/env.md). */
 struct fab_open_opts {
 	const char *provider;       /* "auto", "ofi" or "verbs" (RDAG_FABRIC) */
@@ -160,6 +167,8 @@ struct fab_open_opts {
 	size_t rx_depth;            /* receives to size queues for */
 	size_t tx_depth;            /* outstanding sends/writes to size queues for */
 	int local_only;             /* all peers on this host (lets auto pick shm) */
+	int ofi_wait;               /* enum fab_wait (RDAG_OFI_WAIT); verbs always has its channel */
+	int poll_only;              /* the caller busy-polls and never blocks on the wait fd */
 };
 
 /* The ops every provider implements (unsupported ones point at fab_op_nosys). */

@@ -115,8 +115,35 @@ static void ofi_close(struct fab_ep *fep)
 	free(ep);
 }
 
-/* Opens the CQ, with a wait fd when the provider's fd is worth blocking on. */
-static int open_cq(struct ofi_ep *ep)
+/*
+ * Whether to give the CQ a wait fd: never where the provider's fd does not wake (shm); else as
+ * RDAG_OFI_WAIT says, auto meaning "unless the caller only busy-polls". Without a wait object
+ * tcp;ofi_rxm's polls skip the epoll pass libfabric makes over its sockets on every read of a
+ * waitable CQ (about 1 us per message here, docs/perf.md); callers that block then nap
+ * (FAB_CAP_WAIT_FD is not advertised).
+ */
+static int want_wait_fd(const struct ofi_ep *ep, const struct fab_open_opts *opts)
+{
+	if (!ofi_wait_fd_usable(ep->info))
+		return 0;
+	switch (opts->ofi_wait) {
+	case FAB_WAIT_FD: return 1;
+	case FAB_WAIT_NONE:
+		LOG_INFO("ofi: %s: CQ without a wait object (RDAG_OFI_WAIT=none): no wait fd",
+			 ep->attr.fabric_name);
+		return 0;
+	default:
+		if (!opts->poll_only)
+			return 1;
+		LOG_INFO("ofi: %s: CQ without a wait object (RDAG_OFI_WAIT=auto and the caller "
+			 "busy-polls): no wait fd",
+			 ep->attr.fabric_name);
+		return 0;
+	}
+}
+
+/* Opens the CQ, with a wait fd when the provider's fd is worth blocking on and wanted. */
+static int open_cq(struct ofi_ep *ep, const struct fab_open_opts *opts)
 {
 	struct fi_cq_attr cq_attr = {
 		.format = FI_CQ_FORMAT_DATA,
@@ -127,7 +154,7 @@ static int open_cq(struct ofi_ep *ep)
 	int rc;
 
 	ep->wait_fd = -1;
-	if (ofi_wait_fd_usable(ep->info)) {
+	if (want_wait_fd(ep, opts)) {
 		cq_attr.wait_obj = FI_WAIT_FD;
 		rc = fi_cq_open(ep->domain, &cq_attr, &ep->cq, NULL);
 		if (rc == 0) {
@@ -293,7 +320,7 @@ static int ofi_open(const struct fab_open_opts *opts, struct fab_ep **out)
 		rc = err_set(ofi_status(-rc), "ofi: %s: fi_av_open: %s", prov, fi_strerror(-rc));
 		goto fail;
 	}
-	rc = open_cq(ep);
+	rc = open_cq(ep, opts);
 	if (rc)
 		goto fail;
 	work_around_rxm_sar(prov);

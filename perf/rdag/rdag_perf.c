@@ -168,11 +168,18 @@ int rp_open(struct rp *r)
 	fab_opts_from_env(&fo);
 	xport_fab_opts(&r->xo, 2, r->server ? 0 : 1, &fo);
 	fo.local_only = boot_all_local(r->b);
+	/*
+	 * Both tools busy-poll xport_progress(x, 0) on libfabric, as the raw tools poll a CQ opened
+	 * without a wait object (rdag_perf_bw's server blocks only on verbs, which keeps its
+	 * channel): RDAG_OFI_WAIT=auto then opens the CQ without one too.
+	 */
+	fo.poll_only = 1;
 	rc = fab_open(&fo, &ep);
 	if (rc) {
 		fprintf(stderr, "%s: fabric: %s\n", r->o.tool, rdag_last_error());
 		return rc == RDAG_ENODEV || rc == RDAG_ENOSYS ? RAW_EXIT_SKIP : RAW_EXIT_FAIL;
 	}
+	r->wait_fd = (fab_attr(ep)->caps & FAB_CAP_WAIT_FD) != 0;
 	rc = xport_open(&r->xo, r->b, ep, &r->x);
 	if (rc) {
 		fprintf(stderr, "%s: transport: %s\n", r->o.tool, rdag_last_error());
@@ -195,6 +202,9 @@ void rp_print_setup(const struct rp *r)
 		raw_hdr("provider", "%s", getenv("RDAG_OFI_PROVIDER"));
 	raw_hdr("transport", "rdag xport: %u credits, write visibility by %s", st.credits,
 		st.visibility);
+	raw_hdr("wait fd", "%s (RDAG_OFI_WAIT=%s)", r->wait_fd ? "yes" : "no",
+		getenv("RDAG_OFI_WAIT") && *getenv("RDAG_OFI_WAIT") ? getenv("RDAG_OFI_WAIT")
+								    : "auto");
 	raw_hdr("thresholds", "inline <= %zu B, eager <= %zu B (arena %zu B), messages <= %zu B",
 		r->xo.inline_max, r->xo.eager_max, r->xo.arena_size, r->xo.msg_max);
 	raw_hdr("registration", "rcache, monitor %s", rcache_monitor_name(rs.monitor));

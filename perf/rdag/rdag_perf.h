@@ -26,6 +26,7 @@ struct rp {
 	int server;
 	int local;              /* --local: we forked the server */
 	int child_pid;
+	int wait_fd;            /* the endpoint offers a wait fd (FAB_CAP_WAIT_FD; RDAG_OFI_WAIT) */
 	uint64_t deadline_ns;
 	uint64_t progress, seen;  /* events handled; rp_expired restarts the clock when it moved */
 };

@@ -1077,8 +1077,17 @@ static int sc_close(struct t *t)
 /* Blocking progress: rank 0 sleeps on the wait fd until every other rank's message is there. */
 static int sc_wait(struct t *t)
 {
+	int is_ofi = strcmp(t->a->provider, "ofi") == 0;
+	int has_fd = (t->a->caps & FAB_CAP_WAIT_FD) != 0;
+	int mode = t->cfg->opts.ofi_wait;
+
 	if (setup_recvs(t, CTRL_SLOTS, CTRL_SIZE))
 		return 1;
+	/* RDAG_OFI_WAIT=none opens without a wait object; fd has one wherever it wakes (not shm). */
+	CHECK(t, !(is_ofi && mode == FAB_WAIT_NONE && has_fd),
+	      "RDAG_OFI_WAIT=none, yet %s offers a wait fd", t->a->fabric_name);
+	CHECK(t, !(is_ofi && mode == FAB_WAIT_FD && strcmp(t->a->fabric_name, "shm") && !has_fd),
+	      "RDAG_OFI_WAIT=fd, yet %s offers no wait fd", t->a->fabric_name);
 	if (!(t->a->caps & FAB_CAP_WAIT_FD)) {
 		int rc1 = fab_wait_fd(t->ep), rc2 = fab_arm(t->ep);
 

@@ -18,6 +18,7 @@ static void clear_env(void)
 	unsetenv("RDAG_IB_DEVICE");
 	unsetenv("RDAG_IB_GID_INDEX");
 	unsetenv("RDAG_IB_ADDR");
+	unsetenv("RDAG_OFI_WAIT");
 }
 
 static void test_opts_defaults(void **state)
@@ -33,6 +34,8 @@ static void test_opts_defaults(void **state)
 	assert_null(o.iface_addr);
 	assert_int_equal(o.ib_gid_index, -1);
 	assert_int_equal(o.local_only, 0);
+	assert_int_equal(o.ofi_wait, FAB_WAIT_AUTO);
+	assert_int_equal(o.poll_only, 0);
 }
 
 static void test_opts_from_env(void **state)
@@ -62,6 +65,20 @@ static void test_opts_from_env(void **state)
 	setenv("RDAG_IB_GID_INDEX", "300", 1);
 	fab_opts_from_env(&o);
 	assert_int_equal(o.ib_gid_index, -1);
+
+	/* RDAG_OFI_WAIT: auto, fd or none (any case); anything else is auto. */
+	setenv("RDAG_OFI_WAIT", "none", 1);
+	fab_opts_from_env(&o);
+	assert_int_equal(o.ofi_wait, FAB_WAIT_NONE);
+	setenv("RDAG_OFI_WAIT", "FD", 1);
+	fab_opts_from_env(&o);
+	assert_int_equal(o.ofi_wait, FAB_WAIT_FD);
+	setenv("RDAG_OFI_WAIT", "auto", 1);
+	fab_opts_from_env(&o);
+	assert_int_equal(o.ofi_wait, FAB_WAIT_AUTO);
+	setenv("RDAG_OFI_WAIT", "sometimes", 1);
+	fab_opts_from_env(&o);
+	assert_int_equal(o.ofi_wait, FAB_WAIT_AUTO);
 	clear_env();
 }
 
@@ -320,6 +337,55 @@ static void test_single_endpoint(void **state)
 	fab_close(ep);
 }
 
+/* Opens one endpoint on prov with the given wait mode; returns whether it offers a wait fd. */
+static int wait_fd_of(const char *prov, int mode, int poll_only)
+{
+	struct fab_open_opts o;
+	struct fab_ep *ep = NULL;
+	int has, fd, arm;
+
+	clear_env();
+	fab_opts_from_env(&o);
+	o.provider = "ofi";
+	o.ofi_provider = prov;
+	o.world_size = 2;
+	o.ofi_wait = mode;
+	o.poll_only = poll_only;
+	assert_int_equal(fab_open(&o, &ep), 0);
+	has = (fab_attr(ep)->caps & FAB_CAP_WAIT_FD) != 0;
+	fd = fab_wait_fd(ep);
+	arm = fab_arm(ep);
+	if (has) {
+		assert_true(fd >= 0);
+		assert_true(arm == 0 || arm == RDAG_EAGAIN);
+	} else {
+		/* No wait object: both say so, and polling still works. */
+		struct fab_cqe c;
+
+		assert_int_equal(fd, RDAG_ENOSYS);
+		assert_int_equal(arm, RDAG_ENOSYS);
+		assert_non_null(strstr(rdag_last_error(), "no usable wait fd"));
+		assert_int_equal(fab_poll(ep, &c, 1), 0);
+	}
+	fab_close(ep);
+	return has;
+}
+
+/*
+ * RDAG_OFI_WAIT on tcp;ofi_rxm: auto gives a wait fd unless the caller only busy-polls, fd
+ * always, none never. shm never has one (its fd would not wake for a peer's message).
+ */
+static void test_ofi_wait_modes(void **state)
+{
+	(void)state;
+	assert_int_equal(wait_fd_of("tcp;ofi_rxm", FAB_WAIT_AUTO, 0), 1);
+	assert_int_equal(wait_fd_of("tcp;ofi_rxm", FAB_WAIT_AUTO, 1), 0);
+	assert_int_equal(wait_fd_of("tcp;ofi_rxm", FAB_WAIT_FD, 1), 1);
+	assert_int_equal(wait_fd_of("tcp;ofi_rxm", FAB_WAIT_NONE, 0), 0);
+	assert_int_equal(wait_fd_of("shm", FAB_WAIT_FD, 0), 0);
+	assert_int_equal(wait_fd_of("shm", FAB_WAIT_NONE, 1), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -334,6 +400,7 @@ int main(void)
 		cmocka_unit_test(test_universe_size),
 		cmocka_unit_test(test_status_map),
 		cmocka_unit_test(test_single_endpoint),
+		cmocka_unit_test(test_ofi_wait_modes),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
