@@ -176,6 +176,18 @@ static void agent_free(rdag_agent_t *a)
 	free(a);
 }
 
+/* xport's hint: calls of ours wait for answers, so progress should not nap. */
+static int expecting_answers(void *arg)
+{
+	rdag_agent_t *a = arg;
+	size_t n;
+
+	pthread_mutex_lock(&a->pend_lock);
+	n = a->pend.count;
+	pthread_mutex_unlock(&a->pend_lock);
+	return n != 0;
+}
+
 int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 {
 	struct rdag_agent_opts o;
@@ -251,6 +263,8 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	xo.recv_arg = a;
 	xo.on_peer_dead = on_peer_dead;
 	xo.peer_arg = a;
+	xo.expecting = expecting_answers;
+	xo.expect_arg = a;
 	xport_fab_opts(&xo, a->world, a->id, &fo);
 	fo.local_only = o.local_only || boot_all_local(a->b);
 	rc = fab_open(&fo, &ep);

@@ -20,7 +20,8 @@
 #define DEF_CREDITS 64u
 #define DEF_SEND_DEPTH 256u
 #define DEF_TIMEOUT_MS 30000
-#define DEF_BUSY_US 50
+#define DEF_BUSY_US 1000
+#define SPIN_NS 20000u /* of the busy-poll window, spent spinning without yielding */
 #define DEF_IDLE_SLEEP_US 100
 #define DEF_RDV_CACHE ((size_t)64 << 20)
 #define EV_BATCH 32
@@ -397,8 +398,17 @@ int xport_progress(struct xport *x, int timeout_ms)
 		}
 		if (now >= deadline)
 			return 0;
-		if (now < spin_end)
+		if (now < spin_end) {
+			/*
+			 * Spin the first SPIN_NS (a ping-pong's answer comes within them), then yield
+			 * between polls: with more busy threads than CPUs, a spinning poller would
+			 * hold a CPU the threads doing the work need (a 4-worker backward chain on 2
+			 * CPUs ran a pass 3x faster yielding than spinning a window of 1 ms).
+			 */
+			if (now >= spin_end - (uint64_t)x->o.busy_poll_us * 1000u + SPIN_NS)
+				sched_yield();
 			continue;
+		}
 		/* Nothing for a while: report arena tails, then block (or yield without a wait fd). */
 		xp_lock(x);
 		idle_tails(x);
@@ -412,8 +422,10 @@ int xport_progress(struct xport *x, int timeout_ms)
 			struct timespec ts;
 
 			xp_unlock(x);
-			if (!x->o.idle_sleep_us) {
+			if (!x->o.idle_sleep_us ||
+			    (x->o.expecting && x->o.expecting(x->o.expect_arg))) {
 				sched_yield();
+				nap_ns = 0;
 				continue;
 			}
 			if (!slack_set) {

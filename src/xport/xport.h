@@ -92,7 +92,7 @@ struct xport_opts {
 	uint32_t credits;        /* messages in flight per peer (RDAG_CREDITS, 64) */
 	uint32_t send_depth;     /* send ops for callers (RDAG_SEND_DEPTH, 256): the backlog bound */
 	int peer_timeout_ms;     /* dead after this much silence (RDAG_PEER_TIMEOUT_MS, 30000) */
-	int busy_poll_us;        /* xport_progress spins this long before blocking (RDAG_BUSY_POLL_US, 50) */
+	int busy_poll_us;        /* xport_progress polls this long before blocking (RDAG_BUSY_POLL_US, 1000; yielding after 20 µs) */
 	int idle_sleep_us;       /* without a wait fd: longest sleep between idle polls (RDAG_IDLE_SLEEP_US, 100; 0: yield) */
 	int open_timeout_ms;     /* handshakes must finish within this (default: peer_timeout_ms) */
 	size_t rdv_cache;        /* bytes of freed rendezvous buffers kept for reuse (RDAG_RDV_CACHE, 64 MiB) */
@@ -100,6 +100,13 @@ struct xport_opts {
 	void *recv_arg;
 	xport_peer_fn on_peer_dead; /* optional */
 	void *peer_arg;
+	/*
+	 * Optional: non-zero while the user waits for traffic (answers to calls it made). Progress
+	 * without a wait fd then yields between polls instead of napping: a nap would delay each
+	 * answer by up to RDAG_IDLE_SLEEP_US. Called without the xport's lock.
+	 */
+	int (*expecting)(void *arg);
+	void *expect_arg;
 	xport_rdv_alloc_fn rdv_alloc; /* optional: default posix_memalign / free */
 	xport_rdv_free_fn rdv_free;
 	void *rdv_arg;
