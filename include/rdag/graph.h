@@ -82,11 +82,18 @@ struct rdag_grad_sink {
 	 */
 	int (*leaf_take)(void *arg, void *var, struct rdag_tensor *grad);
 	int (*recv_take)(void *arg, void *recv_fn, uint32_t input_nr, struct rdag_tensor *grad);
+	/*
+	 * The distributed pass this run belongs to (0: none). The requests of one pass that reach
+	 * a worker run there separately, so a node reached by two of them runs once per request
+	 * (backward is linear in the incoming gradient: the sum is the same). With retain_graph
+	 * false a node freed by a run of pass P may therefore run again in P, but not in another.
+	 */
+	uint64_t pass_id;
 };
 
 /*
  * Runs backward from roots[0..n) (g may be NULL: nodes of any graph may be reached). retain_graph false frees the nodes it ran (a later pass through
- * them fails with RDAG_EINVAL, "the graph was freed: run backward with retain_graph to run it
+ * them, but one of the same sink->pass_id, fails with RDAG_EINVAL, "the graph was freed: run backward with retain_graph to run it
  * twice"). Returns 0, a node's or a sink's error (sink->check's included), RDAG_ENOSYS for a dtype it cannot add, or
  * RDAG_EINVAL for a gradient whose shape does not match. Thread-safe.
  */

@@ -575,6 +575,7 @@ static int run_pass(rdag_agent_t *a, struct ctx *c, uint64_t pass_id,
 	sink.check = pass_check;
 	sink.leaf_take = sink_leaf_take;
 	sink.recv_take = sink_recv_take;
+	sink.pass_id = p.ps->id;
 	nodes = calloc(n ? n : 1, sizeof(*nodes));
 	if (!nodes) {
 		rc = err_set(RDAG_ENOMEM, "out of memory for a backward pass");

@@ -21,6 +21,7 @@ struct gnode {
 	rdag_node_fn fn;
 	void *arg;
 	bool freed;                   /* ran with retain_graph false */
+	uint64_t freed_pass;          /* in this distributed pass (0: none), which may run it again */
 	uint32_t n_in, n_out;
 	struct gedge *next;           /* n_in */
 	struct rdag_tensor *in_meta;  /* n_in */
@@ -423,7 +424,7 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 	struct rdag_tensor *gin;
 	int rc = 0;
 
-	if (n->freed)
+	if (n->freed && (!sink || !sink->pass_id || n->freed_pass != sink->pass_id))
 		return err_set(RDAG_EINVAL, "the graph was freed: run backward with retain_graph to "
 			       "run it twice");
 	for (uint32_t i = 0; i < n->n_out; i++) {
@@ -446,8 +447,10 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 	}
 	if (!rc)
 		rc = n->fn(n->arg, s->grads, n->n_out, gin, n->n_in);
-	if (!retain)
+	if (!retain) {
 		n->freed = true;
+		n->freed_pass = sink ? sink->pass_id : 0;
+	}
 	for (uint32_t i = 0; i < n->n_in && !rc; i++)
 		if (n->next[i].kind != RDAG_GRAD_NONE)
 			rc = deliver(st, &n->next[i], &gin[i], true, sink, tail, true);

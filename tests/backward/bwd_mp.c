@@ -109,6 +109,7 @@ static const struct {
 	{"kill", sc_kill, 3},
 	{"release_during", sc_release_during, 2},
 	{"abort", sc_abort, 4},
+	{"shared", sc_shared, 2},
 };
 
 static void free_worker_state(struct bw_worker *w)

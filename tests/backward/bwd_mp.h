@@ -331,6 +331,7 @@ void sc_multi(struct bw_worker *w);
 void sc_local_only(struct bw_worker *w);
 void sc_grad_on_return(struct bw_worker *w);
 void sc_rref(struct bw_worker *w);
+void sc_shared(struct bw_worker *w);
 /* sc_load.c */
 void sc_ps(struct bw_worker *w);
 void sc_accumulate(struct bw_worker *w);

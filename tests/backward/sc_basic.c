@@ -708,3 +708,103 @@ void sc_rref(struct bw_worker *w)
 	if (w->world >= 3)
 		rref_pass(w, 2, 1, &S234, 93, 7, "rref: value on 2 computed from a tensor of 1, f64 [2,3,4]");
 }
+
+/* ---- shared ------------------------------------------------------------------------------- */
+
+/*
+ * One local node reached by two requests of one pass, with retain_graph false: 0 computes
+ * u = x * w0 (a node), sends u to 1 twice ("chain": y_k = u * w1), and backward runs from
+ * sum(y1) + sum(y2). Both of 1's answers reach u's node on 0, each as its own request: the node
+ * runs twice in the pass (its gradients add up), which the freed graph must allow within the
+ * pass; a second pass on the same graph must still fail.
+ */
+void sc_shared(struct bw_worker *w)
+{
+	const struct bw_shape *s = &S35;
+	struct bw_expset es = {.n = 0};
+	uint8_t dt = s->dtype;
+	size_t n = bw_numel(s);
+	uint64_t ctx = ~0ull;
+	const char *what = "shared: one node, two requests, retain_graph false";
+
+	bw_phase(w, "%s", what);
+	if (w->rank == 0) {
+		struct bw_weight *w0 = bw_weight(w, dt, n, 5);
+		void *x = bw_vals(w, dt, n), *u = bw_vals(w, dt, n), *g = bw_vals(w, dt, n);
+		struct rdag_tensor xt, in[2], ut, ys[2], loss;
+		rdag_future_t *f[2] = {NULL, NULL};
+		struct rdag_msg res[2];
+		double lv = 0;
+		int rc = 0;
+
+		ctx = new_ctx(w);
+		if (!w0 || !x || !u || !g)
+			rc = RDAG_ENOMEM;
+		if (rc == 0) {
+			bw_fill_x(dt, x, n, 90, false);
+			bw_tensor(&xt, x, s);
+			bw_leaf(&xt, NULL);
+			in[0] = xt;
+			bw_weight_tensor(&in[1], w0, &xt);
+			ut.data = u;
+			rc = bw_op(w, BW_MUL, in, 2, &ut, NULL);
+			CHECK_RC(w, rc, 0, "%s: u = x * w0", what);
+		}
+		for (int k = 0; k < 2 && rc == 0; k++) {
+			struct bw_ctl ctl;
+			struct rdag_msg args;
+
+			bw_ctl_init(&ctl, 6);
+			args = (struct rdag_msg){.payload = &ctl, .payload_len = sizeof(ctl), .tensors = &ut,
+						 .ntensors = 1};
+			rc = rdag_rpc_sync(w->a, 1, "chain", &args, NULL, &f[k]);
+			CHECK_RC(w, rc, 0, "%s: call %d", what, k);
+			if (rc == 0)
+				rc = rdag_future_result(f[k], &res[k]);
+			if (rc == 0)
+				ys[k] = res[k].tensors[0];
+		}
+		if (rc == 0) {
+			loss.data = &lv;
+			rc = bw_op(w, BW_SUM2, ys, 2, &loss, NULL);
+			CHECK_RC(w, rc, 0, "%s: loss node", what);
+		}
+		if (rc == 0) {
+			CHECK_RC(w, rdag_backward(w->a, ctx, &loss, 1, false), 0, "%s: rdag_backward", what);
+			/* dL/dx = 2 w1 w0, dL/dw0 = 2 w1 x: each term exact in f64 (dyadic values) */
+			for (size_t i = 0; i < n; i++)
+				bw_st(dt, g, i, 2.0 * bw_wval(1, 6, i) * bw_wval(0, 5, i));
+			bw_expect(w, &es, x, dt, n, g, "x of 0");
+			for (size_t i = 0; i < n; i++)
+				bw_st(dt, g, i, 2.0 * bw_wval(1, 6, i) * bw_ld(dt, x, i));
+			bw_expect(w, &es, &w0->key, dt, n, g, "w0 of 0");
+			CHECK_GRADS(w, ctx, &es, 0, what);
+			/* the graph is freed for any other pass */
+			rc = rdag_backward(w->a, ctx, &loss, 1, false);
+			CHECK_RC(w, rc, RDAG_EINVAL, "%s: a second pass on the freed graph", what);
+			CHECK(w, strstr(rdag_last_error(), "retain_graph") != NULL,
+			      "%s: the second pass's error does not say why: \"%s\"", what, rdag_last_error());
+		}
+		for (int k = 0; k < 2; k++)
+			rdag_future_free(f[k]);
+		bw_expset_free(&es);
+		free(x);
+		free(u);
+		free(g);
+	}
+	ctx = share_ctx(w, 0, ctx, what);
+	if (w->rank == 1) {
+		struct bw_weight *w1 = bw_weight(w, dt, n, 6);
+		void *g = bw_vals(w, dt, n);
+
+		/* dL/dw1 = 2 u = 2 x w0 */
+		for (size_t i = 0; g && i < n; i++)
+			bw_st(dt, g, i, 2.0 * bw_xval(90, i, false) * bw_wval(0, 5, i));
+		if (w1 && g)
+			bw_expect(w, &es, &w1->key, dt, n, g, "w1 of 1");
+		CHECK_GRADS(w, ctx, &es, 0, what);
+		bw_expset_free(&es);
+		free(g);
+	}
+	end_ctx(w, 0, ctx, what);
+}

@@ -266,6 +266,41 @@ static void gradients_move_without_copies(void **state)
 	rdag_graph_destroy(g);
 }
 
+/* retain_graph false frees a node for other passes, not for more runs of the same pass. */
+static void freed_within_a_pass(void **state)
+{
+	rdag_graph_t *g;
+	double xd[N] = {1, 2, 3, 4}, buf[N], ones[N] = {1, 1, 1, 1}, two = 2;
+	struct rdag_tensor x, y;
+	struct sink_state s;
+	void *node;
+	struct rdag_edge_grad root;
+	struct rdag_grad_sink sink = {.leaf = on_leaf, .recv = on_recv, .arg = &s, .pass_id = 7};
+
+	(void)state;
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(rdag_graph_create(&g), 0);
+	vec(&x, xd, true);
+	s.keys[0] = xd;
+	assert_int_equal(rdag_graph_node(g, scale_bw, &two, &x, 1, &x, 1, &node), 0);
+	out_of(&y, buf, node, 0);
+	memset(&root, 0, sizeof(root));
+	root.grad_kind = RDAG_GRAD_NODE;
+	root.edge = y.grad_fn;
+	vec(&root.grad, ones, false);
+	assert_int_equal(rdag_graph_run(g, &root, 1, false, &sink), 0);
+	assert_int_equal(rdag_graph_run(g, &root, 1, false, &sink), 0); /* pass 7 again */
+	assert_int_equal(s.leaf_calls, 2);
+	for (int i = 0; i < N; i++)
+		assert_true(s.leaf[0][i] == 4.0);
+	sink.pass_id = 8;
+	assert_int_equal(rdag_graph_run(g, &root, 1, false, &sink), RDAG_EINVAL);
+	sink.pass_id = 0;                                                /* no pass: freed */
+	assert_int_equal(rdag_graph_run(g, &root, 1, false, &sink), RDAG_EINVAL);
+	assert_int_equal(s.leaf_calls, 2);
+	rdag_graph_destroy(g);
+}
+
 /* Two roots, a leaf root, a recv-function edge, inputs that need no gradient, and errors. */
 static void roots_sinks_and_errors(void **state)
 {
@@ -355,6 +390,7 @@ int main(void)
 		cmocka_unit_test(roots_sinks_and_errors),
 		cmocka_unit_test(check_stops_the_pass),
 		cmocka_unit_test(gradients_move_without_copies),
+		cmocka_unit_test(freed_within_a_pass),
 		cmocka_unit_test(tensor_add_dtypes),
 	};
 
