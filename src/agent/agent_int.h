@@ -255,6 +255,11 @@ int ag_start_call(rdag_agent_t *a, uint32_t dst, struct ag_out *o, const struct 
 		  uint32_t n, const struct rdag_call_opts *opts, int kind, rdag_future_t **out);
 int ag_out_tensors(struct ag_out *o, const struct rdag_tensor *t, uint32_t n);
 /* An EXCEPTION message (origin: this worker, or the one named by a leading "Error on Node <id>: "). */
+/*
+ * "Error on Node <id>: " at the start of text[0, len): the prefix's length with the id in
+ * *origin, or 0 (no such prefix, or an id above 65535).
+ */
+size_t ag_remote_origin(const char *text, size_t len, uint16_t *origin);
 struct ag_out *ag_exception_out(rdag_agent_t *a, int code, const char *text);
 struct rdag_reply;
 void ag_reply_free(struct rdag_reply *r);

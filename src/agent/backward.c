@@ -217,19 +217,17 @@ static bool pass_fail(struct pass *p, int rc)
 	rdag_agent_t *a = p->a;
 	char text[4096];
 	const char *t = text;
-	unsigned origin = a->id;
-	int skip = 0;
+	uint16_t origin = (uint16_t)a->id;
+	size_t skip;
 
 	snprintf(text, sizeof(text), "%s", rdag_last_error()[0] ? rdag_last_error() : rdag_strerror(rc));
 	/* An error that came from another worker keeps its origin. */
-	if (sscanf(text, "Error on Node %u: %n", &origin, &skip) == 1 && skip > 0 && origin < 65536)
-		t += skip;
-	else
-		origin = a->id;
-	if (!pass_mark(p->c, p->ps->id, rc, (uint16_t)origin, t, strlen(t)))
+	skip = ag_remote_origin(text, strlen(text), &origin);
+	t += skip;
+	if (!pass_mark(p->c, p->ps->id, rc, origin, t, strlen(t)))
 		return false; /* aborted already: whoever did has told the others */
 	pool_kick(&a->pool);
-	abort_tell(a, p->c, p->ps->id, rc, (uint16_t)origin, t, strlen(t), UINT32_MAX);
+	abort_tell(a, p->c, p->ps->id, rc, origin, t, strlen(t), UINT32_MAX);
 	err_set(rc, "%s", text); /* the caller reports the error it had */
 	return true;
 }
@@ -468,7 +466,7 @@ static int propagate(struct pass *p)
 
 	if (!cap)
 		return 0;
-	fs = calloc(cap, sizeof(*fs));
+	fs = calloc(cap, sizeof(*fs)); /* NOLINT(bugprone-sizeof-expression) */
 	if (!fs)
 		return err_set(RDAG_ENOMEM, "out of memory sending gradients");
 	while (u64map_next(&p->recv, &i, &k, &v)) {
@@ -651,7 +649,13 @@ int rdag_agent_set_engine(rdag_agent_t *a, const struct rdag_engine *e)
 }
 
 /* Ones for a scalar root of a floating dtype. */
-static int seed(const struct rdag_tensor *root, uint32_t i, struct rdag_edge_grad *eg, double *store)
+/* The seed gradient of one root: a 1 of its dtype. */
+union one {
+	double f64;
+	float f32;
+};
+
+static int seed(const struct rdag_tensor *root, uint32_t i, struct rdag_edge_grad *eg, union one *store)
 {
 	memset(eg, 0, sizeof(*eg));
 	if (!root->requires_grad)
@@ -668,12 +672,13 @@ static int seed(const struct rdag_tensor *root, uint32_t i, struct rdag_edge_gra
 	eg->grad = *root;
 	eg->grad.requires_grad = false;
 	eg->grad.grad_kind = RDAG_GRAD_NONE;
-	eg->grad.data = store;
-	if (root->dtype == RDAG_F64)
-		*store = 1.0;
-	else if (root->dtype == RDAG_F32)
-		*(float *)store = 1.0f;
-	else
+	if (root->dtype == RDAG_F64) {
+		store->f64 = 1.0;
+		eg->grad.data = &store->f64;
+	} else if (root->dtype == RDAG_F32) {
+		store->f32 = 1.0f;
+		eg->grad.data = &store->f32;
+	} else
 		return err_set(RDAG_EINVAL, "backward: root %u is of dtype %u: roots must be f32 or f64",
 			       i, root->dtype);
 	return 0;
@@ -683,7 +688,7 @@ int rdag_backward(rdag_agent_t *a, uint64_t ctx_id, const struct rdag_tensor *ro
 		  bool retain_graph)
 {
 	struct rdag_edge_grad *eg;
-	double *ones;
+	union one *ones;
 	struct ctx *c;
 	uint64_t pid = 0;
 	int rc = 0;
@@ -806,7 +811,7 @@ static int rref_pass(rdag_agent_t *a, uint64_t ctx_id, uint64_t rref_id, bool re
 {
 	struct ag_rref_val *v = ag_rref_get(a, rref_id);
 	struct rdag_edge_grad *eg = NULL;
-	double *ones = NULL;
+	union one *ones = NULL;
 	struct ctx *c = NULL;
 	uint64_t pid = 0;
 	uint32_t n = 0;

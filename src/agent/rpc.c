@@ -537,7 +537,7 @@ fail:
 /* "Error on Node <id>: " at the start of text[0, len): returns the prefix's length and stores the
  * id, or returns 0 (no such prefix, or an id above 65535). Unlike sscanf's %u, a long digit
  * string cannot overflow. */
-static size_t remote_origin(const char *text, size_t len, uint16_t *origin)
+size_t ag_remote_origin(const char *text, size_t len, uint16_t *origin)
 {
 	static const char pre[] = "Error on Node ";
 	size_t i = sizeof(pre) - 1;
@@ -980,7 +980,7 @@ struct ag_out *ag_exception_out(rdag_agent_t *a, int code, const char *text)
 	{
 		/* An error that came from another worker keeps its origin through a chain of calls. */
 		uint16_t origin;
-		size_t skip = remote_origin(text, len, &origin);
+		size_t skip = ag_remote_origin(text, len, &origin);
 
 		if (skip) {
 			o->exc.origin = origin;

@@ -134,9 +134,12 @@ static size_t numel(const struct rdag_tensor *t)
 
 int rdag_tensor_add(struct rdag_tensor *dst, const struct rdag_tensor *src)
 {
-	size_t n = numel(dst);
+	size_t n;
 
-	if (!dst || !src || dst->dtype != src->dtype || numel(src) != n)
+	if (!dst || !src)
+		return err_set(RDAG_EINVAL, "rdag_tensor_add: NULL tensor");
+	n = numel(dst);
+	if (dst->dtype != src->dtype || numel(src) != n)
 		return err_set(RDAG_EINVAL, "rdag_tensor_add: tensors of different types or sizes");
 	if (n && (!dst->data || !src->data))
 		return err_set(RDAG_EINVAL, "rdag_tensor_add: NULL data");
@@ -337,7 +340,7 @@ static int discover(struct u64map *st, const struct rdag_edge_grad *roots, uint3
 			s->owned = (bool *)(s->grads + (root->n_out ? root->n_out : 1));
 			if (sp == cap) {
 				size_t ncap = cap ? 2 * cap : 64;
-				struct gnode **ns = realloc(stack, ncap * sizeof(*ns));
+				struct gnode **ns = realloc(stack, ncap * sizeof(*ns)); /* NOLINT(bugprone-sizeof-expression) */
 
 				if (!ns) {
 					rc = err_set(RDAG_ENOMEM, "out of memory running backward");

@@ -1,6 +1,7 @@
 /* Status code text and the per-thread last-error message (rdag_strerror, rdag_last_error). */
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 #include <rdag/error.h>
 
@@ -67,9 +68,16 @@ int err_set(int code, const char *fmt, ...)
 {
 	va_list ap;
 
+	/*
+	 * Into a buffer of our own first: the arguments may quote rdag_last_error(), and vsnprintf
+	 * must not read the buffer it writes.
+	 */
+	char tmp[LAST_ERROR_MAX];
+
 	va_start(ap, fmt);
-	vsnprintf(last_error, sizeof(last_error), fmt, ap);
+	vsnprintf(tmp, sizeof(tmp), fmt, ap);
 	va_end(ap);
+	memcpy(last_error, tmp, strlen(tmp) + 1);
 	log_msg(RDAG_LOG_DEBUG, "error %d (%s): %s", code, rdag_strerror(code), last_error);
 	return code;
 }

@@ -48,8 +48,8 @@ static int encode(uint8_t kind, uint8_t *p, size_t cap, const struct wire_env *e
 	st16(p + 42, f->ndevmap);
 	st32(p + 44, 0);
 	for (unsigned i = 0; i < f->ndevmap; i++) {
-		wire_put_device(p + FWD_FIXED + DEVPAIR * i, &f->devmap[i].from);
-		wire_put_device(p + FWD_FIXED + DEVPAIR * i + 4, &f->devmap[i].to);
+		wire_put_device(p + FWD_FIXED + (size_t)DEVPAIR * i, &f->devmap[i].from);
+		wire_put_device(p + FWD_FIXED + (size_t)DEVPAIR * i + 4, &f->devmap[i].to);
 	}
 	return 0;
 }
@@ -91,17 +91,17 @@ int wire_dec_forward(const uint8_t *b, const uint8_t *end, struct wire_msg *m)
 	for (unsigned i = 0; i < 2u * n; i++) {
 		struct wire_device d;
 
-		rc = wire_get_device(q + 4 * i, m, i % 2 ? "device-map target" : "device-map source", &d);
+		rc = wire_get_device(q + (size_t)4 * i, m, i % 2 ? "device-map target" : "device-map source", &d);
 		if (rc)
 			return rc;
 	}
 	f->devmap.count = n;
 	f->devmap.p = q;
-	return wire_check_inner(q + DEVPAIR * n, end, m, &f->inner);
+	return wire_check_inner(q + (size_t)DEVPAIR * n, end, m, &f->inner);
 }
 
 void wire_devmap_get(const struct wire_devmap_list *l, uint16_t i, struct wire_devpair *out)
 {
-	wire_load_device(l->p + DEVPAIR * i, &out->from);
-	wire_load_device(l->p + DEVPAIR * i + 4, &out->to);
+	wire_load_device(l->p + (size_t)DEVPAIR * i, &out->from);
+	wire_load_device(l->p + (size_t)DEVPAIR * i + 4, &out->to);
 }

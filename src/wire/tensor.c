@@ -266,7 +266,7 @@ int wire_tensors_put(uint8_t kind, uint8_t *p, const struct wire_tensor *t, uint
 			st64(p, head_of(x));
 			st64(p + 8, x->nbytes);
 			for (unsigned d = 0; d < rank; d++)
-				st64(p + DESC_HEAD + 8 * d, (uint64_t)x->shape[d]);
+				st64(p + DESC_HEAD + (size_t)8 * d, (uint64_t)x->shape[d]);
 		}
 		p += DESC_HEAD + 8 * rank;
 		switch (x->loc) {
@@ -331,13 +331,13 @@ int wire_tensors_get(const uint8_t *p, const uint8_t *end, uint32_t count, struc
 		rank = (h >> 8) & 0xff;
 		loc = (h >> 16) & 0xff;
 		p += DESC_HEAD;
-#define DIM(k) ld64(p + 8 * (k))
+#define DIM(k) ld64(p + (size_t)8 * (k))
 		SHAPE_CHECK(rank, esize, nbytes, DIM, bad);
 #undef DIM
 		if (__builtin_expect(bad, 0))
 			return err_set(RDAG_EWIRE_SHAPE, "wire: %s: tensor %u: %s",
 				       wire_kind_name(m->kind), i, shape_errs[bad]);
-		p += 8u * rank;
+		p += (size_t)8 * rank;
 		switch (loc) {
 		case WIRE_LOC_INLINE: {
 			/* What follows must hold the inline bytes so far and these. */

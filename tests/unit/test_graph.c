@@ -381,6 +381,9 @@ static void tensor_add_dtypes(void **state)
 								   .shape = {2}, .data = f}), RDAG_EINVAL);
 	rdag_tensor_init(&a, u, RDAG_U8, 1, shape);
 	assert_int_equal(rdag_tensor_add(&a, &a), RDAG_ENOSYS);
+	/* NULL tensors are an error, not a crash */
+	assert_int_equal(rdag_tensor_add(NULL, &a), RDAG_EINVAL);
+	assert_int_equal(rdag_tensor_add(&a, NULL), RDAG_EINVAL);
 }
 
 int main(void)
