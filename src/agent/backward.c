@@ -567,6 +567,7 @@ static int run_pass(rdag_agent_t *a, struct ctx *c, uint64_t pass_id,
 	p.c = c;
 	p.retain = retain;
 	pthread_mutex_init(&p.lock, NULL);
+	memset(&sink, 0, sizeof(sink)); /* fields added later stay NULL / 0 */
 	sink.leaf = sink_leaf;
 	sink.recv = sink_recv;
 	sink.arg = &p;
