@@ -387,6 +387,7 @@ int agent_test_barrier(rdag_agent_t *a)
 			return RDAG_ENOMEM;
 		started = true;
 	}
+	AG_TSAN_RELEASE(a);
 	rc = boot_barrier(a->b);
 	if (started)
 		stop_progress(a);

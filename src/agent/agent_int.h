@@ -126,6 +126,22 @@ void ag_tensor_from_rx(struct rdag_tensor *t, const struct xport_rx_tensor *rt);
 int ag_send(rdag_agent_t *a, uint32_t dst, uint64_t req_id, struct ag_out *o,
 	    xport_done_fn done, void *done_arg);
 
+/*
+ * ThreadSanitizer cannot see an order that goes through another process: a test reads a
+ * context's gradients, meets the other workers at agent_test_barrier(), and then a cleanup from
+ * one of them frees the context on a handler thread. The barrier releases, and every received
+ * message acquires, one sync object per agent (only in TSan builds), which states exactly that.
+ */
+#if defined(__SANITIZE_THREAD__)
+void __tsan_acquire(void *addr);
+void __tsan_release(void *addr);
+#define AG_TSAN_RELEASE(a) __tsan_release(&(a)->tsan_sync)
+#define AG_TSAN_ACQUIRE(a) __tsan_acquire(&(a)->tsan_sync)
+#else
+#define AG_TSAN_RELEASE(a) ((void)(a))
+#define AG_TSAN_ACQUIRE(a) ((void)(a))
+#endif
+
 /* ---- incoming messages (dispatch.c) -------------------------------------------------------- */
 
 /* A received message, unwrapped. */
@@ -205,6 +221,7 @@ struct rdag_agent {
 	struct u64map prof;        /* prof id -> struct ag_prof_list */
 
 	atomic_int serving;        /* requests received and not yet answered */
+	char tsan_sync;            /* AG_TSAN_*: a sync object for ThreadSanitizer only */
 	atomic_uint runs_aborted;  /* local runs of a pass ended (or refused) by another's abort */
 	atomic_uint aborts_heard;  /* BACKWARD_ABORTs that aborted a pass here first */
 	struct rdag_engine engine; /* the local autograd engine */

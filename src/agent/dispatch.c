@@ -81,6 +81,7 @@ void ag_on_recv(void *arg, struct xport_rx *rx)
 	bool loop = rx->peer == a->id;
 	int rc;
 
+	AG_TSAN_ACQUIRE(a);
 	if (!in) {
 		LOG_ERROR("agent: out of memory for a message from worker %u: dropped", rx->peer);
 		ag_rx_release(a, rx, loop);
