@@ -1,5 +1,6 @@
 /* rdag_graph: reference local engine: nodes, dependency counting over the reachable nodes, a ready queue. */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +10,7 @@
 #include "util/u64map.h"
 
 #define NODE_MAGIC 0x474e4f44u /* "GNOD" */
+#define FREED_NO_PASS UINT64_MAX
 
 struct gedge {
 	uint8_t kind;                 /* enum rdag_grad_kind; NONE: the input needs no gradient */
@@ -20,8 +22,12 @@ struct gnode {
 	struct gnode *all;            /* every node of the graph, for destroy */
 	rdag_node_fn fn;
 	void *arg;
-	bool freed;                   /* ran with retain_graph false */
-	uint64_t freed_pass;          /* in this distributed pass (0: none), which may run it again */
+	/*
+	 * 0, or it ran with retain_graph false: in this distributed pass (which may run it again,
+	 * on several threads at once), or FREED_NO_PASS. One atomic word, so a run of the same pass
+	 * can never see it freed by no pass.
+	 */
+	_Atomic uint64_t freed_by;
 	uint32_t n_in, n_out;
 	struct gedge *next;           /* n_in */
 	struct rdag_tensor *in_meta;  /* n_in */
@@ -424,10 +430,11 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 		    const struct rdag_grad_sink *sink, struct nstate ***tail)
 {
 	struct gnode *n = s->n;
+	uint64_t pass = sink ? sink->pass_id : 0, freed = atomic_load(&n->freed_by);
 	struct rdag_tensor *gin;
 	int rc = 0;
 
-	if (n->freed && (!sink || !sink->pass_id || n->freed_pass != sink->pass_id))
+	if (freed && (!pass || freed != pass))
 		return err_set(RDAG_EINVAL, "the graph was freed: run backward with retain_graph to "
 			       "run it twice");
 	for (uint32_t i = 0; i < n->n_out; i++) {
@@ -451,8 +458,7 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 	if (!rc)
 		rc = n->fn(n->arg, s->grads, n->n_out, gin, n->n_in);
 	if (!retain) {
-		n->freed = true;
-		n->freed_pass = sink ? sink->pass_id : 0;
+		atomic_store(&n->freed_by, pass ? pass : FREED_NO_PASS);
 	}
 	for (uint32_t i = 0; i < n->n_in && !rc; i++)
 		if (n->next[i].kind != RDAG_GRAD_NONE)

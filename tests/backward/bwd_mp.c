@@ -47,11 +47,14 @@ uint64_t bw_deadline(struct bw_worker *w, unsigned s)
 
 void bw_phase(struct bw_worker *w, const char *fmt, ...)
 {
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER; /* main and handler threads */
 	va_list ap;
 
+	pthread_mutex_lock(&lock);
 	va_start(ap, fmt);
 	vsnprintf(w->board->phase[w->rank], sizeof(w->board->phase[w->rank]), fmt, ap);
 	va_end(ap);
+	pthread_mutex_unlock(&lock);
 }
 
 void bw_barrier(struct bw_worker *w, const char *what)
