@@ -171,12 +171,14 @@ static void abort_sent(void *arg, int status)
 static void abort_tell(rdag_agent_t *a, struct ctx *c, uint64_t pass_id, int code, uint16_t origin,
 		       const char *text, size_t len, uint32_t except)
 {
-	uint16_t small[64], *known = small;
-	size_t n = ctx_known(c, small, 64);
+	uint16_t small[64];
+	size_t n;
+	uint16_t *known = ctx_known_all(c, small, 64, &n);
 
-	if (n > 64) {
-		known = malloc(n * sizeof(*known));
-		n = known ? ctx_known(c, known, n) : 0;
+	if (!known) {
+		/* the others then learn of it only from the error replies */
+		LOG_WARN("agent: out of memory telling the workers of an aborted pass");
+		return;
 	}
 	if (len > WIRE_MAX_TEXT)
 		len = WIRE_MAX_TEXT;

@@ -50,14 +50,10 @@ int rdag_ctx_release(rdag_agent_t *a, uint64_t id)
 	if (!c)
 		return err_set(RDAG_ENOENT, "no context %#llx on worker %u", (unsigned long long)id,
 			       a->id);
-	n = ctx_known(c, small, 64);
-	if (n > 64) {
-		known = malloc(n * sizeof(*known));
-		n = known ? ctx_known(c, known, n) : 0;
-		if (!known)
-			LOG_ERROR("agent: out of memory: context %#llx is released here only",
-				  (unsigned long long)id);
-	}
+	known = ctx_known_all(c, small, 64, &n);
+	if (!known)
+		LOG_ERROR("agent: out of memory: context %#llx is released here only",
+			  (unsigned long long)id);
 	ctx_put(c);
 	if (n)
 		ag_cleanup_peers(a, id, known, n, -1);

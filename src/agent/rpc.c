@@ -1245,18 +1245,16 @@ void ag_serve_cleanup(struct ag_job *j)
 
 	if (c) {
 		/* Release here, then tell our own known workers (the sender knows already). */
-		uint16_t small[64], *known = small;
-		size_t n = ctx_known(c, small, 64);
+		uint16_t small[64];
+		size_t n;
+		uint16_t *known = ctx_known_all(c, small, 64, &n);
 
-		if (n > 64) {
-			known = malloc(n * sizeof(*known));
-			if (known)
-				n = ctx_known(c, known, n);
-			else
-				n = 0;
-		}
 		ctx_put(c);
-		ag_cleanup_peers(a, id, known, n, in->src);
+		if (known)
+			ag_cleanup_peers(a, id, known, n, in->src);
+		else
+			LOG_ERROR("agent: out of memory: context %#llx is released here only",
+				  (unsigned long long)id);
 		if (known != small)
 			free(known);
 	}

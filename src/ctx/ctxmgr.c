@@ -301,6 +301,23 @@ size_t ctx_known(struct ctx *c, uint16_t *out, size_t cap)
 	return n;
 }
 
+uint16_t *ctx_known_all(struct ctx *c, uint16_t *small, size_t nsmall, size_t *n)
+{
+	uint16_t *out = small;
+	size_t cap = nsmall;
+
+	pthread_mutex_lock(&c->lock);
+	if (c->nknown > cap) {
+		cap = c->nknown;
+		out = malloc(cap * sizeof(*out));
+	}
+	*n = out ? c->nknown : 0;
+	if (*n)
+		memcpy(out, c->known, *n * sizeof(*out));
+	pthread_mutex_unlock(&c->lock);
+	return out;
+}
+
 static int add_fn(struct ctx *c, struct u64map *map, uint64_t msg_id, void *fn)
 {
 	int rc;

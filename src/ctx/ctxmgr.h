@@ -148,6 +148,11 @@ void ctxmgr_swap_current(struct ctxmgr *m, bool has, uint64_t id, bool *prev_has
 int ctx_add_known(struct ctx *c, uint16_t w);
 /* Copies the known workers (up to cap) and returns how many there are. */
 size_t ctx_known(struct ctx *c, uint16_t *out, size_t cap);
+/*
+ * The known workers, all of them: in small[0..nsmall) when they fit, else in a malloc'ed array
+ * (free it when it is not small). Their number in *n. NULL (and *n 0) when out of memory.
+ */
+uint16_t *ctx_known_all(struct ctx *c, uint16_t *small, size_t nsmall, size_t *n);
 /* Records fn (taking it; freed with the context). RDAG_EEXIST if the id is taken (fn not taken). */
 int ctx_add_send(struct ctx *c, struct ctx_sendfn *fn);
 int ctx_add_recv(struct ctx *c, struct ctx_recvfn *fn);
