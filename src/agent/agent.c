@@ -173,6 +173,7 @@ static void agent_free(rdag_agent_t *a)
 	pthread_mutex_destroy(&a->rref_lock);
 	pthread_mutex_destroy(&a->prof_lock);
 	boot_close(a->b);
+	free(a->gpu_path);
 	free(a);
 }
 
@@ -265,6 +266,7 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	xo.peer_arg = a;
 	xo.expecting = expecting_answers;
 	xo.expect_arg = a;
+	xo.offer = ag_gpu_offer(a);
 	xport_fab_opts(&xo, a->world, a->id, &fo);
 	fo.local_only = o.local_only || boot_all_local(a->b);
 	rc = fab_open(&fo, &ep);
@@ -273,6 +275,9 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	rc = xport_open(&xo, a->b, ep, &a->x);
 	if (rc)
 		goto fail_boot;
+	rc = ag_gpu_select(a);
+	if (rc)
+		goto fail_xport;
 	rc = pool_start(&a->pool, threads, "rdag-handler");
 	if (rc)
 		goto fail_xport;

@@ -10,6 +10,7 @@
 #include <rdag/rdag.h>
 
 #include "ctx/ctxmgr.h"
+#include "gpu/gpu.h"
 #include "util/u64map.h"
 #include "wire/wire.h"
 #include "xport/xport.h"
@@ -225,7 +226,21 @@ struct rdag_agent {
 	atomic_uint runs_aborted;  /* local runs of a pass ended (or refused) by another's abort */
 	atomic_uint aborts_heard;  /* BACKWARD_ABORTs that aborted a pass here first */
 	struct rdag_engine engine; /* the local autograd engine */
+	struct gpu_side_caps gpu_local; /* what this worker has (ag_gpu_offer) */
+	struct ag_gpu_path *gpu_path;   /* [world]: the GPU data path with each peer (ag_gpu_select) */
 };
+
+/* The GPU data path chosen with one peer (gpu_path.c). */
+struct ag_gpu_path {
+	enum gpu_transport t;      /* valid when rc == 0 */
+	int rc;                    /* 0, or why there is none (RDAG_ENOCUDA, RDAG_ENOGPU, ...) */
+	char why[256];
+};
+
+/* Probes CUDA and NCCL into a->gpu_local; returns the handshake offer (WIRE_HS_* bits). */
+uint16_t ag_gpu_offer(rdag_agent_t *a);
+/* After xport_open: chooses the GPU path with every peer from its offer (RDAG_GPU_TRANSPORT). */
+int ag_gpu_select(rdag_agent_t *a);
 
 uint64_t ag_hash_name(const char *s, size_t len);
 uint64_t ag_now_ns(void);

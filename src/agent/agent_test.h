@@ -25,4 +25,12 @@ void agent_test_set_id_counters(rdag_agent_t *a, uint64_t next_ctx_low, uint64_t
  */
 void agent_test_abort_stats(rdag_agent_t *a, unsigned *runs, unsigned *heard);
 
+/*
+ * The GPU data path chosen with peer: the enum gpu_transport (>= 0), or the negative RDAG_E*
+ * code saying why there is none; why gets the reason, *peer_offer what peer offered in its
+ * handshake (WIRE_HS_* bits; either may be NULL). RDAG_EINVAL for a bad peer or for this worker.
+ */
+int agent_test_gpu_path(rdag_agent_t *a, uint32_t peer, uint16_t *peer_offer, char *why,
+			size_t whylen);
+
 #endif /* RDAG_AGENT_AGENT_TEST_H */

@@ -463,6 +463,7 @@ static void handshake(struct xport *x, struct xp_peer *p, const struct wire_msg 
 		p->hs_seen = 1;
 		p->credits += hs->credits > 0xffffu ? 0xffffu : hs->credits;
 		p->max_msg = hs->max_msg;
+		p->offer = hs->flags & (uint16_t)~WIRE_HS_ACK;
 		if (hs->arena_size && hs->arena_size % XP_GRAN == 0) {
 			p->aout.addr = hs->arena_addr;
 			p->aout.key = hs->arena_key;

@@ -180,7 +180,7 @@ int xport_send_hs(struct xport *x, struct xp_peer *p, int ack)
 		.max_version = XP_HS_VERSION,
 		.worker_id = (uint16_t)x->rank,
 		.world_size = (uint16_t)x->world,
-		.flags = ack ? WIRE_HS_ACK : 0,
+		.flags = (uint16_t)((ack ? WIRE_HS_ACK : 0) | x->o.offer),
 		.job_token = x->job_token,
 		.arena_addr = p->ain.size ? p->ain.mr.remote_base : 0,
 		.arena_key = p->ain.size ? p->ain.mr.rkey : 0,

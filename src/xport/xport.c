@@ -665,6 +665,11 @@ int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, st
 		return err_set(RDAG_EINVAL, "xport_open: options, bootstrap, endpoint and a receive "
 			       "callback are required");
 	}
+	if (o->offer & ~(WIRE_HS_NCCL | WIRE_HS_ARENA_GPU)) {
+		fab_close(ep);
+		return err_set(RDAG_EINVAL, "xport_open: offer 0x%x has bits other than NCCL (0x%x) "
+			       "and GPU arena (0x%x)", o->offer, WIRE_HS_NCCL, WIRE_HS_ARENA_GPU);
+	}
 	if (boot_world(b) > 65535) {
 		fab_close(ep);
 		return err_set(RDAG_ERANGE, "xport_open: %u workers (worker ids are 16 bits)",
@@ -949,6 +954,20 @@ uint32_t xport_world(const struct xport *x)
 const char *xport_peer_name(const struct xport *x, uint32_t peer)
 {
 	return peer < x->world ? x->peers[peer].name : "?";
+}
+
+int xport_peer_offer(struct xport *x, uint32_t peer, uint16_t *flags)
+{
+	if (peer >= x->world)
+		return err_set(RDAG_EINVAL, "xport: no peer %u in a world of %u", peer, x->world);
+	if (peer == x->rank) {
+		*flags = x->o.offer;
+		return 0;
+	}
+	xp_lock(x);
+	*flags = x->peers[peer].offer;
+	xp_unlock(x);
+	return 0;
 }
 
 int xport_peer_dead(struct xport *x, uint32_t peer)

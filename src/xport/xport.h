@@ -107,6 +107,12 @@ struct xport_opts {
 	 */
 	int (*expecting)(void *arg);
 	void *expect_arg;
+	/*
+	 * What this worker offers its peers beyond host memory, sent in every handshake:
+	 * WIRE_HS_NCCL (it can move tensors with NCCL), WIRE_HS_ARENA_GPU (its landing arena is GPU
+	 * memory). Any other bit: xport_open fails RDAG_EINVAL. Peers read it with xport_peer_offer.
+	 */
+	uint16_t offer;
 	xport_rdv_alloc_fn rdv_alloc; /* optional: default posix_memalign / free */
 	xport_rdv_free_fn rdv_free;
 	void *rdv_arg;
@@ -235,6 +241,12 @@ uint32_t xport_world(const struct xport *x);
 const char *xport_peer_name(const struct xport *x, uint32_t peer);
 /* 1 if peer was declared dead. Thread-safe. */
 int xport_peer_dead(struct xport *x, uint32_t peer);
+/*
+ * What peer offered in its handshake (its xport_opts.offer: WIRE_HS_* bits) into *flags; this
+ * worker's own offer for peer == xport_rank(x). Known for every live peer once xport_open has
+ * returned. RDAG_EINVAL for a bad rank. Thread-safe.
+ */
+int xport_peer_offer(struct xport *x, uint32_t peer, uint16_t *flags);
 /*
  * The registration cache the xport created over its endpoint (RDAG_RCACHE_* variables), for
  * statistics and for layers above that register memory on the same endpoint. Valid until

@@ -180,6 +180,7 @@ struct xp_peer {
 	uint32_t owed;            /* its buffers reposted and not yet returned */
 	uint32_t held;            /* its messages holding buffers here */
 	uint32_t max_msg;         /* largest message it receives */
+	uint16_t offer;           /* its handshake's WIRE_HS_* offer bits (ACK masked off) */
 	uint32_t nrefusals;
 	struct xp_refusal refusals[XP_REFUSALS];
 	struct xp_arena_in ain;

@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include "agent_mp.h"
+#include "gpu/gpu.h"
 
 #define LONG_NAME 4096
 
@@ -623,6 +624,34 @@ void sc_workers(struct am_worker *w)
 	CHECK(w, rdag_worker_name(w->a, 65535) == NULL, "a name for worker 65535");
 	if (w->world > 2)
 		CHECK_RC(w, rdag_worker_id(w->a, "worker2"), 2, "rdag_worker_id(worker2)");
+	/*
+	 * The GPU path with every peer, chosen at open from what each offered in its handshake. All
+	 * workers share this host: without a usable device here, every path is refused with the code
+	 * gpu_init gives (and peers offered nothing); with one, a path exists (host staging at least).
+	 */
+	{
+		int ginit = gpu_init();
+
+		for (int i = 0; i < w->world; i++) {
+			uint16_t offer = 0xffff;
+			char why[256] = "";
+			int rc = agent_test_gpu_path(w->a, (uint32_t)i, &offer, why, sizeof(why));
+
+			if (i == w->rank) {
+				CHECK_RC(w, rc, RDAG_EINVAL, "GPU path to itself");
+				continue;
+			}
+			if (ginit) {
+				CHECK(w, rc == ginit && offer == 0 && why[0],
+				      "GPU path to %d: %d (%s), offer 0x%x; want %d, no offer", i, rc, why,
+				      offer, ginit);
+			} else {
+				CHECK(w, rc >= 0 && why[0], "GPU path to %d: %d (%s)", i, rc, why);
+			}
+		}
+		CHECK_RC(w, agent_test_gpu_path(w->a, (uint32_t)w->world, NULL, NULL, 0), RDAG_EINVAL,
+			 "GPU path to a worker past the world");
+	}
 	CHECK_RC(w, rdag_worker_id(w->a, "nobody"), RDAG_ENOENT, "rdag_worker_id(nobody)");
 	CHECK_RC(w, rdag_worker_id(w->a, ""), RDAG_ENOENT, "rdag_worker_id(\"\")");
 	snprintf(want, sizeof(want), "worker%d", w->world);

@@ -142,6 +142,20 @@ void sc_pingpong(struct mp_worker *w)
 	long k = w->cfg->count ? w->cfg->count : 2000;
 	struct xport_stats st;
 
+	/* Every worker knows what each other offered in its handshake (and its own offer). */
+	for (uint32_t r = 0; r < (uint32_t)w->world; r++) {
+		uint16_t got = 0xffff;
+		int rc = xport_peer_offer(w->x, r, &got);
+
+		MP_CHECK(w, rc == 0 && got == mp_offer_of(r), "offer of worker %u: rc %d, 0x%x, not 0x%x",
+			 r, rc, got, mp_offer_of(r));
+	}
+	{
+		uint16_t got;
+
+		MP_CHECK(w, xport_peer_offer(w->x, (uint32_t)w->world, &got) == RDAG_EINVAL,
+			 "offer of a worker past the world");
+	}
 	mp_pingpong(w, ~0u, k);
 	xport_get_stats(w->x, &st);
 	MP_CHECK(w, st.credit_overruns == 0 && st.refused == 0 && st.recv_errors == 0,

@@ -240,6 +240,7 @@ static int worker(const struct mp_cfg *cfg, void *sh, int rank, int lfd, int por
 	w.xo.recv_arg = &w;
 	w.xo.on_peer_dead = on_dead;
 	w.xo.peer_arg = &w;
+	w.xo.offer = mp_offer_of((uint32_t)rank);
 	xport_fab_opts(&w.xo, (uint32_t)cfg->n, (uint32_t)rank, &fo);
 	fo.local_only = 1;
 	rc = fab_open(&fo, &ep);

@@ -53,6 +53,12 @@ struct mp_worker {
 
 void mp_fail(struct mp_worker *w, const char *file, int line, const char *fmt, ...)
 	__attribute__((format(printf, 4, 5)));
+/* The handshake offer (WIRE_HS_* bits) each rank makes, so every pair sees a different one. */
+static inline uint16_t mp_offer_of(uint32_t rank)
+{
+	return (uint16_t)((rank & 1 ? WIRE_HS_NCCL : 0) | (rank & 2 ? WIRE_HS_ARENA_GPU : 0));
+}
+
 /* Past the watchdog-independent deadline of the worker (prints and fails once). */
 int mp_late(struct mp_worker *w);
 

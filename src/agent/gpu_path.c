@@ -1,0 +1,83 @@
+/* The GPU data path per peer pair: what this worker offers in its handshake, and the choice made
+ * with each peer's offer (RDAG_GPU_TRANSPORT) once the transport is up. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "agent/agent_int.h"
+#include "agent/agent_test.h"
+#include "bootstrap/boot.h"
+#include "gpu/gpu.h"
+#include "util/err.h"
+#include "util/log.h"
+
+uint16_t ag_gpu_offer(rdag_agent_t *a)
+{
+	struct gpu_info gi;
+	int version = 0;
+
+	memset(&a->gpu_local, 0, sizeof(a->gpu_local));
+	a->gpu_local.built = gpu_built();
+	if (!a->gpu_local.built)
+		return 0;
+	/* A failed probe is an answer (no driver, no device), not an error of the agent. */
+	(void)gpu_probe(&gi);
+	a->gpu_local.cuda = gi.driver_loaded;
+	a->gpu_local.ndevices = gi.ndevices;
+	a->gpu_local.nccl = gi.ndevices > 0 && gpu_nccl_load(&version) == 0;
+	/* GPU landing arenas do not exist yet, so the NIC never lands in device memory here. */
+	a->gpu_local.nic_device_mem = 0;
+	return a->gpu_local.nccl ? WIRE_HS_NCCL : 0;
+}
+
+int ag_gpu_select(rdag_agent_t *a)
+{
+	enum gpu_transport want;
+	int rc = gpu_transport_env(&want);
+
+	if (rc) {
+		LOG_WARN("agent: %s; taking auto", rdag_last_error());
+		want = GPU_TRANSPORT_AUTO;
+	}
+	a->gpu_path = calloc(a->world, sizeof(*a->gpu_path));
+	if (!a->gpu_path)
+		return err_set(RDAG_ENOMEM, "out of memory for the GPU paths of %u workers", a->world);
+	for (uint32_t r = 0; r < a->world; r++) {
+		struct gpu_caps caps = {.local = a->gpu_local};
+		uint16_t offer = 0;
+		char *why = a->gpu_path[r].why;
+
+		if (r == a->id)
+			continue;
+		if (xport_peer_offer(a->x, r, &offer))
+			continue;
+		/* A peer says only what it can do beyond host memory; either bit means a device. */
+		caps.peer.nccl = !!(offer & WIRE_HS_NCCL);
+		caps.peer.nic_device_mem = !!(offer & WIRE_HS_ARENA_GPU);
+		caps.peer.ndevices = caps.peer.nccl || caps.peer.nic_device_mem;
+		caps.peer.built = caps.peer.cuda = caps.peer.ndevices;
+		rc = gpu_transport_select(want, &caps, &a->gpu_path[r].t, why,
+					  sizeof(a->gpu_path[r].why));
+		a->gpu_path[r].rc = rc;
+		/* Without a device here there is nothing to choose: say so once, quietly. */
+		if (a->gpu_local.ndevices > 0)
+			LOG_INFO("agent: GPU path to worker %u (%s): %s%s", r, boot_name(a->b, r),
+				 rc ? "none: " : "", why);
+		else
+			LOG_DEBUG("agent: GPU path to worker %u (%s): none: %s", r, boot_name(a->b, r),
+				  why);
+	}
+	return 0;
+}
+
+int agent_test_gpu_path(rdag_agent_t *a, uint32_t peer, uint16_t *peer_offer, char *why,
+			size_t whylen)
+{
+	if (peer >= a->world || peer == a->id || !a->gpu_path)
+		return err_set(RDAG_EINVAL, "agent: no GPU path to worker %u", peer);
+	if (peer_offer && xport_peer_offer(a->x, peer, peer_offer))
+		return RDAG_EINVAL;
+	if (why && whylen)
+		snprintf(why, whylen, "%s", a->gpu_path[peer].why);
+	return a->gpu_path[peer].rc ? a->gpu_path[peer].rc : (int)a->gpu_path[peer].t;
+}
