@@ -11,6 +11,7 @@
 #include "bootstrap/boot.h"
 #include "fabric/fabric.h"
 #include "util/err.h"
+#include "util/gbuf.h"
 #include "util/log.h"
 
 #define DEF_THREADS 4
@@ -175,6 +176,7 @@ static void agent_free(rdag_agent_t *a)
 	boot_close(a->b);
 	free(a->gpu_path);
 	free(a);
+	gbuf_use(false);
 }
 
 /* xport's hint: calls of ours wait for answers, so progress should not nap. */
@@ -213,6 +215,7 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	pthread_mutex_init(&a->pend_lock, NULL);
 	pthread_mutex_init(&a->rref_lock, NULL);
 	pthread_mutex_init(&a->prof_lock, NULL);
+	gbuf_use(true); /* large gradient buffers are kept for reuse while an agent is open */
 	atomic_init(&a->next_req, 1);
 	atomic_init(&a->next_rref, 0);
 	atomic_init(&a->serving, 0);

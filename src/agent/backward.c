@@ -6,6 +6,7 @@
 #include "agent/agent_int.h"
 #include "agent/agent_test.h"
 #include "util/err.h"
+#include "util/gbuf.h"
 #include "util/log.h"
 
 /* The gradients a local pass collects for one recv function (to send to the worker it names). */
@@ -325,7 +326,7 @@ static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take)
 		memset(&dst->grad_fn, 0, sizeof(dst->grad_fn));
 		if (take)
 			return 0;
-		dst->data = malloc(nb ? nb : 1);
+		dst->data = gbuf_alloc(nb, false);
 		if (!dst->data)
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		if (nb)
@@ -334,7 +335,7 @@ static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take)
 	}
 	rc = rdag_tensor_add(dst, src);
 	if (take)
-		free(src->data);
+		gbuf_free(src->data);
 	return rc;
 }
 
@@ -353,7 +354,7 @@ static int leaf_acc(struct pass *p, void *var, struct rdag_tensor *grad, bool ta
 			free(g);
 			pthread_mutex_unlock(&c->lock);
 			if (take)
-				free(grad->data);
+				gbuf_free(grad->data);
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		}
 		g->var = var;
@@ -361,7 +362,7 @@ static int leaf_acc(struct pass *p, void *var, struct rdag_tensor *grad, bool ta
 	if (g->t.data && numel(&g->t) != numel(grad)) {
 		rc = err_set(RDAG_EINVAL, "gradients of different sizes for the same variable");
 		if (take)
-			free(grad->data);
+			gbuf_free(grad->data);
 	} else {
 		rc = acc(&g->t, grad, take);
 	}
@@ -398,7 +399,7 @@ static int recv_acc(struct pass *p, struct ctx_recvfn *fn, uint32_t nr, struct r
 		rc = 0;
 	if (rc) {
 		if (take)
-			free(grad->data);
+			gbuf_free(grad->data);
 		return rc;
 	}
 	pthread_mutex_lock(&p->lock);
@@ -413,7 +414,7 @@ static int recv_acc(struct pass *p, struct ctx_recvfn *fn, uint32_t nr, struct r
 			free(r);
 			pthread_mutex_unlock(&p->lock);
 			if (take)
-				free(grad->data);
+				gbuf_free(grad->data);
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		}
 		r->fn = fn;
@@ -445,7 +446,7 @@ static void pass_fini(struct pass *p)
 		struct rgrads *r = v;
 
 		for (uint32_t j = 0; j < r->fn->ntensors; j++)
-			free(r->g[j].data);
+			gbuf_free(r->g[j].data);
 		free(r->g);
 		free(r);
 	}
@@ -495,7 +496,7 @@ static int propagate(struct pass *p)
 				/* No gradient reached this tensor: zeros of its shape. */
 				rdag_tensor_init(&z, NULL, mt->dtype, mt->ndim, mt->shape);
 				r->g[j] = z;
-				r->g[j].data = calloc(1, rdag_tensor_nbytes(&z) ? rdag_tensor_nbytes(&z) : 1);
+				r->g[j].data = gbuf_alloc(rdag_tensor_nbytes(&z), true);
 				if (!r->g[j].data) {
 					rc = err_set(RDAG_ENOMEM, "out of memory for zeros");
 					break;

@@ -4,6 +4,7 @@
 
 #include "ctx/ctxmgr.h"
 #include "util/err.h"
+#include "util/gbuf.h"
 
 /* The calling thread's current context, and the manager it belongs to. */
 static _Thread_local struct {
@@ -44,7 +45,7 @@ static void ctx_free(struct ctx *c)
 	}
 	i = 0;
 	while (u64map_next(&c->grads, &i, &k, &v)) {
-		free(((struct ctx_grad *)v)->t.data);
+		gbuf_free(((struct ctx_grad *)v)->t.data);
 		free(v);
 	}
 	u64map_fini(&c->send_fns);

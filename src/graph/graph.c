@@ -7,6 +7,7 @@
 #include <rdag/graph.h>
 
 #include "util/err.h"
+#include "util/gbuf.h"
 #include "util/u64map.h"
 
 #define NODE_MAGIC 0x474e4f44u /* "GNOD" */
@@ -201,7 +202,7 @@ static void *zeros_like(const struct rdag_tensor *meta, struct rdag_tensor *t)
 	size_t nb = rdag_tensor_nbytes(meta);
 
 	*t = *meta;
-	t->data = calloc(1, nb ? nb : 1);
+	t->data = gbuf_alloc(nb, true);
 	return t->data;
 }
 
@@ -241,7 +242,7 @@ static int accumulate(struct nstate *s, uint32_t i, struct rdag_tensor *g, bool 
 	}
 	if (!s->owned[i]) {
 		size_t nb = rdag_tensor_nbytes(dst);
-		void *p = malloc(nb ? nb : 1);
+		void *p = gbuf_alloc(nb, false);
 
 		if (!p)
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
@@ -419,7 +420,7 @@ static void free_state(struct u64map *st)
 
 		for (uint32_t j = 0; j < s->n->n_out; j++)
 			if (s->owned[j])
-				free(s->grads[j].data);
+				gbuf_free(s->grads[j].data);
 		free(s->grads);
 		free(s);
 	}
@@ -464,7 +465,7 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 		if (n->next[i].kind != RDAG_GRAD_NONE)
 			rc = deliver(st, &n->next[i], &gin[i], true, sink, tail, true);
 	for (uint32_t i = 0; i < n->n_in; i++)
-		free(gin[i].data);
+		gbuf_free(gin[i].data);
 	free(gin);
 	return rc;
 }

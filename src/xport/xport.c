@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "bootstrap/boot.h"
+#include "util/envsize.h"
 #include "xport/xport_int.h"
 
 #define DEF_ARENA ((size_t)8 << 20)
@@ -45,60 +46,20 @@ uint64_t xport_coarse_ns(void)
 
 /* ---- options --------------------------------------------------------------------------------- */
 
-static int parse_size(const char *s, size_t *out)
-{
-	char *end;
-	unsigned long long v;
-	unsigned shift = 0;
-
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	if (errno || end == s || s[0] == '-')
-		return -1;
-	switch (*end) {
-	case 'k': case 'K': shift = 10; end++; break;
-	case 'm': case 'M': shift = 20; end++; break;
-	case 'g': case 'G': shift = 30; end++; break;
-	default: break;
-	}
-	if (*end == 'i')
-		end++;
-	if (*end == 'B')
-		end++;
-	if (*end || (shift && v > (ULLONG_MAX >> shift)))
-		return -1;
-	*out = (size_t)(v << shift);
-	return 0;
-}
-
-static size_t env_size(const char *name, size_t def, size_t lo, size_t hi)
-{
-	const char *s = getenv(name);
-	size_t v;
-
-	if (!s || !*s)
-		return def;
-	if (parse_size(s, &v) || v < lo || v > hi) {
-		LOG_WARN("%s='%s' is not a size in [%zu, %zu]; using %zu", name, s, lo, hi, def);
-		return def;
-	}
-	return v;
-}
-
 void xport_opts_init(struct xport_opts *o)
 {
 	memset(o, 0, sizeof(*o));
-	o->arena_size = env_size("RDAG_ARENA_SIZE", DEF_ARENA, 0, (size_t)1 << 36);
-	o->inline_max = env_size("RDAG_INLINE_MAX", DEF_INLINE, 0, (size_t)1 << 24);
-	o->eager_max = env_size("RDAG_EAGER_MAX", DEF_EAGER, 0, (size_t)1 << 36);
-	o->msg_max = env_size("RDAG_MSG_MAX", DEF_MSG, 256, (size_t)1 << 24);
-	o->credits = (uint32_t)env_size("RDAG_CREDITS", DEF_CREDITS, 3, 65535);
-	o->send_depth = (uint32_t)env_size("RDAG_SEND_DEPTH", DEF_SEND_DEPTH, 1, 1u << 20);
-	o->peer_timeout_ms = (int)env_size("RDAG_PEER_TIMEOUT_MS", DEF_TIMEOUT_MS, 10, 86400000);
-	o->busy_poll_us = (int)env_size("RDAG_BUSY_POLL_US", DEF_BUSY_US, 0, 10000000);
-	o->idle_sleep_us = (int)env_size("RDAG_IDLE_SLEEP_US", DEF_IDLE_SLEEP_US, 0, 100000);
+	o->arena_size = rdag_env_size("RDAG_ARENA_SIZE", DEF_ARENA, 0, (size_t)1 << 36);
+	o->inline_max = rdag_env_size("RDAG_INLINE_MAX", DEF_INLINE, 0, (size_t)1 << 24);
+	o->eager_max = rdag_env_size("RDAG_EAGER_MAX", DEF_EAGER, 0, (size_t)1 << 36);
+	o->msg_max = rdag_env_size("RDAG_MSG_MAX", DEF_MSG, 256, (size_t)1 << 24);
+	o->credits = (uint32_t)rdag_env_size("RDAG_CREDITS", DEF_CREDITS, 3, 65535);
+	o->send_depth = (uint32_t)rdag_env_size("RDAG_SEND_DEPTH", DEF_SEND_DEPTH, 1, 1u << 20);
+	o->peer_timeout_ms = (int)rdag_env_size("RDAG_PEER_TIMEOUT_MS", DEF_TIMEOUT_MS, 10, 86400000);
+	o->busy_poll_us = (int)rdag_env_size("RDAG_BUSY_POLL_US", DEF_BUSY_US, 0, 10000000);
+	o->idle_sleep_us = (int)rdag_env_size("RDAG_IDLE_SLEEP_US", DEF_IDLE_SLEEP_US, 0, 100000);
 	o->open_timeout_ms = 0;
-	o->rdv_cache = env_size("RDAG_RDV_CACHE", DEF_RDV_CACHE, 0, (size_t)1 << 40);
+	o->rdv_cache = rdag_env_size("RDAG_RDV_CACHE", DEF_RDV_CACHE, 0, (size_t)1 << 40);
 }
 
 static uint32_t npeers_of(uint32_t world)
