@@ -63,18 +63,19 @@ static struct rcache_stats stats(struct fx *f)
 	return s;
 }
 
-#if defined(__SANITIZE_ADDRESS__)
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SANITIZED 1
 #elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
 #define SANITIZED 1
 #endif
 #endif
 
 /*
- * Maps n pages (at hint if given, which must then be free) and stamps them with gen. Under ASan,
- * the sanitizer's own lazy mappings (fake stacks of the monitor thread) can take a hole we just
- * made; then the pages go elsewhere and the test checks what it still can.
+ * Maps n pages (at hint if given, which must then be free) and stamps them with gen. Under ASan
+ * or TSan, the sanitizer's own lazy mappings (ASan's fake stacks of the monitor thread, TSan's
+ * allocator: seen once in CI) can take a hole we just made; then the pages go elsewhere and the
+ * test checks what it still can.
  */
 static char *map_stamped(void *hint, size_t n, uint64_t gen)
 {
