@@ -56,6 +56,21 @@ RDAG_API int rdag_graph_node(rdag_graph_t *g, rdag_node_fn fn, void *arg,
 			     const struct rdag_tensor *inputs, uint32_t n_in,
 			     const struct rdag_tensor *outputs, uint32_t n_out, void **node);
 
+/*
+ * Node flags (rdag_graph_node_flags):
+ * RDAG_NODE_WRITES_ALL: the backward writes every byte of each grad_in buffer it is given (data
+ * not NULL), as most operations do (an identity, a scale, a broadcast of a sum). The engine then
+ * hands it buffers that are not zeroed, which saves a pass over each input gradient; bytes such a
+ * node leaves unwritten hold whatever the buffer held before.
+ */
+#define RDAG_NODE_WRITES_ALL 0x1u
+
+/*
+ * Sets a node's flags (replacing the earlier ones), before it runs: a pass already running may
+ * see either. RDAG_EINVAL for a handle that is not a node or an unknown flag. Thread-safe.
+ */
+RDAG_API int rdag_graph_node_flags(void *node, uint32_t flags);
+
 /* A root of a backward pass: the gradient flowing into one edge. */
 struct rdag_edge_grad {
 	uint8_t grad_kind;            /* enum rdag_grad_kind (NONE roots are ignored) */

@@ -92,6 +92,7 @@ static struct opts {
 	int timeout_s;           /* -T */
 	int check;               /* -C */
 	int detail;              /* -D */
+	int zeroed;              /* -Z: nodes get zeroed input-gradient buffers (no RDAG_NODE_WRITES_ALL) */
 } O = {
 	.nw = 4, .size = (size_t)1 << 20, .max_size = MAX_SIZE, .iters = 100, .warmup = 10,
 	.ngrad = 1, .op = OP_IDENTITY, .k = 16, .timeout_s = 120,
@@ -256,6 +257,8 @@ static int record_op(rdag_graph_t *g, const struct rdag_tensor *in, uint32_t n, 
 		memset(&out[i].grad_fn, 0, sizeof(out[i].grad_fn));
 	}
 	rc = rdag_graph_node(g, op_bw, NULL, in, n, out, n, &node);
+	if (!rc && !O.zeroed)
+		rc = rdag_graph_node_flags(node, RDAG_NODE_WRITES_ALL); /* op_bw fills every byte */
 	if (rc)
 		return rc;
 	for (uint32_t i = 0; i < n; i++) {
@@ -277,6 +280,8 @@ static int record_sum(rdag_graph_t *g, rdag_node_fn fn, const struct rdag_tensor
 	*data = 0;
 	scalar(s, data);
 	rc = rdag_graph_node(g, fn, NULL, in, n, s, 1, &node);
+	if (!rc && !O.zeroed)
+		rc = rdag_graph_node_flags(node, RDAG_NODE_WRITES_ALL); /* sum_bw, loss_bw fill all */
 	if (rc)
 		return rc;
 	s->requires_grad = true;
@@ -908,6 +913,8 @@ static void usage(FILE *f)
 		"  -T <sec>    give up after this long without finishing a pass (default 120)\n"
 		"  -C          check the gradients (for tests)\n"
 		"  -D          print where the chain's time goes (medians), per size\n"
+		"  -Z          nodes get zeroed input-gradient buffers, as without RDAG_NODE_WRITES_ALL\n"
+		"              (default: the op and sum nodes declare they write every byte)\n"
 		"Exit status: 0 ok, 1 failure, 2 usage, 77 fabric not available here.\n",
 		O.tool, MAXW, SWEEP_MIN_ITERS, MAXG, MAXK);
 }
@@ -938,7 +945,7 @@ static void parse_args(int argc, char **argv)
 	long v;
 
 	O.tool = slash ? slash + 1 : argv[0];
-	while ((c = getopt(argc, argv, "W:s:aS:n:w:G:o:MK:P:d:c:T:CDh")) != -1) {
+	while ((c = getopt(argc, argv, "W:s:aS:n:w:G:o:MK:P:d:c:T:CDZh")) != -1) {
 		switch (c) {
 		case 'W':
 			if ((v = parse_long(optarg, 2, MAXW)) == LONG_MIN)
@@ -1008,6 +1015,7 @@ static void parse_args(int argc, char **argv)
 			break;
 		case 'C': O.check = 1; break;
 		case 'D': O.detail = 1; break;
+		case 'Z': O.zeroed = 1; break;
 		case 'h':
 			usage(stdout);
 			exit(0);

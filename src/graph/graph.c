@@ -29,6 +29,7 @@ struct gnode {
 	 * can never see it freed by no pass.
 	 */
 	_Atomic uint64_t freed_by;
+	_Atomic uint32_t flags;       /* RDAG_NODE_* */
 	uint32_t n_in, n_out;
 	struct gedge *next;           /* n_in */
 	struct rdag_tensor *in_meta;  /* n_in */
@@ -197,13 +198,19 @@ struct nstate {
 	struct nstate *qnext;
 };
 
-static void *zeros_like(const struct rdag_tensor *meta, struct rdag_tensor *t)
+/* A buffer shaped like meta into *t: zeroed, unless zero is false. */
+static void *buf_like(const struct rdag_tensor *meta, struct rdag_tensor *t, bool zero)
 {
 	size_t nb = rdag_tensor_nbytes(meta);
 
 	*t = *meta;
-	t->data = gbuf_alloc(nb, true);
+	t->data = gbuf_alloc(nb, zero);
 	return t->data;
+}
+
+static void *zeros_like(const struct rdag_tensor *meta, struct rdag_tensor *t)
+{
+	return buf_like(meta, t, true);
 }
 
 static int check_shape(const struct rdag_tensor *meta, const struct rdag_tensor *g)
@@ -259,6 +266,19 @@ static struct gnode *as_node(void *p)
 	struct gnode *n = p;
 
 	return n && n->magic == NODE_MAGIC ? n : NULL;
+}
+
+int rdag_graph_node_flags(void *node, uint32_t flags)
+{
+	struct gnode *n = as_node(node);
+
+	if (!n)
+		return err_set(RDAG_EINVAL, "rdag_graph_node_flags: not a node of rdag_graph");
+	if (flags & ~RDAG_NODE_WRITES_ALL)
+		return err_set(RDAG_EINVAL, "rdag_graph_node_flags: unknown flags %#x",
+			       flags & ~RDAG_NODE_WRITES_ALL);
+	atomic_store(&n->flags, flags);
+	return 0;
 }
 
 /*
@@ -433,6 +453,7 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 	struct gnode *n = s->n;
 	uint64_t pass = sink ? sink->pass_id : 0, freed = atomic_load(&n->freed_by);
 	struct rdag_tensor *gin;
+	bool zero;
 	int rc = 0;
 
 	if (freed && (!pass || freed != pass))
@@ -448,11 +469,12 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 	gin = calloc(n->n_in ? n->n_in : 1, sizeof(*gin));
 	if (!gin)
 		return err_set(RDAG_ENOMEM, "out of memory for gradients");
+	zero = !(atomic_load(&n->flags) & RDAG_NODE_WRITES_ALL);
 	for (uint32_t i = 0; i < n->n_in && !rc; i++) {
 		if (n->next[i].kind == RDAG_GRAD_NONE) {
 			gin[i] = n->in_meta[i];
 			gin[i].data = NULL;
-		} else if (!zeros_like(&n->in_meta[i], &gin[i])) {
+		} else if (!buf_like(&n->in_meta[i], &gin[i], zero)) {
 			rc = err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		}
 	}

@@ -10,6 +10,8 @@
 
 #include <rdag/rdag.h>
 
+#include "util/gbuf.h"
+
 #define N 4
 
 /* out = k * in (f64), so d in = k * d out */
@@ -386,6 +388,108 @@ static void tensor_add_dtypes(void **state)
 	assert_int_equal(rdag_tensor_add(&a, NULL), RDAG_EINVAL);
 }
 
+/* ---- RDAG_NODE_WRITES_ALL and reused buffers ------------------------------------------------- */
+
+#define BIG (64 * 1024) /* f32 elements: 256 KiB buffers, large enough for gbuf to keep */
+
+struct big_node {
+	uint8_t fill;      /* written over every byte of grad_in (when not 0) */
+	size_t nonzero;    /* fill 0: bytes of grad_in that were not zero on entry */
+	const void *seen;  /* grad_in[0].data */
+};
+
+static int big_bw(void *arg, const struct rdag_tensor *go, uint32_t n_out, struct rdag_tensor *gi,
+		  uint32_t n_in)
+{
+	struct big_node *b = arg;
+	const unsigned char *p = gi[0].data;
+	size_t nb = rdag_tensor_nbytes(&gi[0]);
+
+	(void)go, (void)n_out, (void)n_in;
+	b->seen = p;
+	b->nonzero = 0;
+	if (b->fill) /* only writes: its buffer may be fresh from malloc, never written */
+		memset(gi[0].data, b->fill, nb);
+	else
+		for (size_t i = 0; i < nb; i++)
+			b->nonzero += p[i] != 0;
+	return 0;
+}
+
+static void one_big_pass(struct big_node *b, uint32_t flags, float *x, float *ones)
+{
+	int64_t shape[1] = {BIG};
+	struct rdag_tensor xt, yt;
+	struct rdag_edge_grad root;
+	rdag_graph_t *g;
+	void *node;
+
+	assert_int_equal(rdag_graph_create(&g), 0);
+	rdag_tensor_init(&xt, x, RDAG_F32, 1, shape);
+	xt.requires_grad = true; /* a leaf: no sink, so the gradient is dropped and its buffer freed */
+	assert_int_equal(rdag_graph_node(g, big_bw, b, &xt, 1, &xt, 1, &node), 0);
+	assert_int_equal(rdag_graph_node_flags(node, flags), 0);
+	yt = xt;
+	yt.grad_kind = RDAG_GRAD_NODE;
+	yt.grad_fn.node = node;
+	yt.grad_fn.input_nr = 0;
+	memset(&root, 0, sizeof(root));
+	root.grad_kind = RDAG_GRAD_NODE;
+	root.edge = yt.grad_fn;
+	rdag_tensor_init(&root.grad, ones, RDAG_F32, 1, shape);
+	assert_int_equal(rdag_graph_run(g, &root, 1, false, NULL), 0);
+	rdag_graph_destroy(g);
+}
+
+/*
+ * A node that writes everything may get a used buffer; one that did not say so always gets zeros,
+ * even in a buffer another node dirtied, reused through gbuf (as while an agent is open).
+ */
+static void writes_all_and_reused_buffers(void **state)
+{
+	static float x[BIG], ones[BIG];
+	struct big_node dirty = {.fill = 0xff}, clean = {0}, dirty2 = {.fill = 0};
+	struct gbuf_stats a, b;
+	int one = 0; /* not a node: its first word is not the node magic */
+
+	(void)state;
+	assert_int_equal(rdag_graph_node_flags(&one, 0), RDAG_EINVAL); /* not a node */
+	gbuf_use(true);
+	gbuf_stats(&a);
+	one_big_pass(&dirty, RDAG_NODE_WRITES_ALL, x, ones);
+	one_big_pass(&clean, 0, x, ones);
+	gbuf_stats(&b);
+	assert_true(b.hits > a.hits);        /* the second pass reused the first one's buffer */
+	assert_ptr_equal(clean.seen, dirty.seen);
+	assert_int_equal(clean.nonzero, 0);  /* ... and zeroed it */
+	/* with the flag, the buffer comes as it was left: that is the pass it saves */
+	one_big_pass(&dirty, RDAG_NODE_WRITES_ALL, x, ones);
+	one_big_pass(&dirty2, RDAG_NODE_WRITES_ALL, x, ones);
+	assert_ptr_equal(dirty2.seen, dirty.seen);
+	assert_int_equal(dirty2.nonzero, (size_t)BIG * sizeof(float));
+	gbuf_use(false);
+	gbuf_stats(&b);
+	assert_int_equal(b.count, 0);
+}
+
+static void node_flags_are_checked(void **state)
+{
+	rdag_graph_t *g;
+	double xd[N] = {0}, one = 1;
+	struct rdag_tensor x;
+	void *node;
+
+	(void)state;
+	assert_int_equal(rdag_graph_create(&g), 0);
+	vec(&x, xd, true);
+	assert_int_equal(rdag_graph_node(g, scale_bw, &one, &x, 1, &x, 1, &node), 0);
+	assert_int_equal(rdag_graph_node_flags(node, RDAG_NODE_WRITES_ALL), 0);
+	assert_int_equal(rdag_graph_node_flags(node, 0x80), RDAG_EINVAL);
+	assert_non_null(strstr(rdag_last_error(), "unknown flags"));
+	assert_int_equal(rdag_graph_node_flags(NULL, 0), RDAG_EINVAL);
+	rdag_graph_destroy(g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -395,6 +499,8 @@ int main(void)
 		cmocka_unit_test(gradients_move_without_copies),
 		cmocka_unit_test(freed_within_a_pass),
 		cmocka_unit_test(tensor_add_dtypes),
+		cmocka_unit_test(writes_all_and_reused_buffers),
+		cmocka_unit_test(node_flags_are_checked),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
