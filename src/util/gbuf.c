@@ -3,12 +3,13 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util/envsize.h"
 #include "util/gbuf.h"
 
 #define GBUF_SLOTS 32
-#define DEF_LIMIT ((size_t)64 << 20)
+#define DEF_LIMIT ((size_t)256 << 20)
 
 struct gbuf_slot {
 	void *ptr;
@@ -28,9 +29,21 @@ static struct {
 	.once = PTHREAD_ONCE_INIT,
 };
 
+/* 256 MiB, but at most a sixteenth of the machine's memory */
+static size_t default_limit(void)
+{
+	long pages = sysconf(_SC_PHYS_PAGES), pg = sysconf(_SC_PAGESIZE);
+	size_t sixteenth;
+
+	if (pages <= 0 || pg <= 0)
+		return DEF_LIMIT;
+	sixteenth = (size_t)pages / 16 * (size_t)pg;
+	return sixteenth < DEF_LIMIT ? sixteenth : DEF_LIMIT;
+}
+
 static void gbuf_init(void)
 {
-	gb.limit = rdag_env_size("RDAG_GRAD_CACHE", DEF_LIMIT, 0, (size_t)1 << 40);
+	gb.limit = rdag_env_size("RDAG_GRAD_CACHE", default_limit(), 0, (size_t)1 << 40);
 }
 
 /* Removes slot i, keeping the others in age order. Lock held. */

@@ -10,10 +10,11 @@
  * Large gradients come and go at the same sizes every pass. From glibc each one would be a fresh
  * mmap whose pages fault in (and are zeroed by the kernel) on first touch, registered anew with
  * the fabric, and unmapped on free. gbuf keeps freed buffers of at least GBUF_MIN bytes, up to
- * RDAG_GRAD_CACHE bytes in all (default 64 MiB; 0 keeps none), and hands them out again for a
- * size they fit without wasting more than a quarter: pages stay mapped and the registration
- * cache keeps hitting. Buffers are kept only while an agent is open (gbuf_use): the last
- * rdag_agent_close() frees them, and rdag_graph alone keeps nothing.
+ * RDAG_GRAD_CACHE bytes in all (default 256 MiB, at most a sixteenth of the memory; 0 keeps
+ * none), and hands them out again for a size they fit without wasting more than a quarter:
+ * pages stay mapped and the registration cache keeps hitting. Buffers are kept only while an
+ * agent is open (gbuf_use): the last rdag_agent_close() frees them, and rdag_graph alone keeps
+ * nothing.
  *
  * Every buffer is from malloc: one that leaves rdag (a sink's *_take callback) may be released
  * with free(), it just does not come back. Thread-safe (one mutex).
