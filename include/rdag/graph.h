@@ -64,10 +64,19 @@ RDAG_API int rdag_graph_node(rdag_graph_t *g, rdag_node_fn fn, void *arg,
  * node leaves unwritten hold whatever the buffer held before.
  */
 #define RDAG_NODE_WRITES_ALL 0x1u
+/*
+ * RDAG_NODE_IDENTITY: the backward is the identity, input i's gradient is output i's (a view, a
+ * reshape, a copy, one operand of an add). The engine does not call the node: it hands each
+ * output's gradient on as the input's, without a copy (a buffer it owns moves on; a root's is
+ * lent on, read in place). Needs as many inputs as outputs, each with the dtype and the element
+ * count of its output.
+ */
+#define RDAG_NODE_IDENTITY 0x2u
 
 /*
  * Sets a node's flags (replacing the earlier ones), before it runs: a pass already running may
- * see either. RDAG_EINVAL for a handle that is not a node or an unknown flag. Thread-safe.
+ * see either. RDAG_EINVAL for a handle that is not a node, an unknown flag, or RDAG_NODE_IDENTITY
+ * on a node whose inputs and outputs do not pair up. Thread-safe.
  */
 RDAG_API int rdag_graph_node_flags(void *node, uint32_t flags);
 

@@ -71,7 +71,7 @@
 #define SWEEP_MIN_ITERS 8
 #define SCALE 0.5f
 
-enum op { OP_IDENTITY, OP_SCALE };
+enum op { OP_IDENTITY, OP_SCALE, OP_PASS };
 
 static struct opts {
 	const char *tool;
@@ -257,7 +257,9 @@ static int record_op(rdag_graph_t *g, const struct rdag_tensor *in, uint32_t n, 
 		memset(&out[i].grad_fn, 0, sizeof(out[i].grad_fn));
 	}
 	rc = rdag_graph_node(g, op_bw, NULL, in, n, out, n, &node);
-	if (!rc && !O.zeroed)
+	if (!rc && O.op == OP_PASS)
+		rc = rdag_graph_node_flags(node, RDAG_NODE_IDENTITY); /* op_bw is never called */
+	else if (!rc && !O.zeroed)
 		rc = rdag_graph_node_flags(node, RDAG_NODE_WRITES_ALL); /* op_bw fills every byte */
 	if (rc)
 		return rc;
@@ -503,7 +505,7 @@ static void header(void)
 	} else {
 		printf(" %-22s: %d (0 -> ... -> %d by nested RPCs)\n", "workers", O.nw, O.nw - 1);
 		printf(" %-22s: %d f32 tensor%s of -s bytes per hop, node %s\n", "gradients", O.ngrad,
-		       O.ngrad > 1 ? "s" : "", O.op == OP_IDENTITY ? "identity" : "scale");
+		       O.ngrad > 1 ? "s" : "", O.op == OP_IDENTITY ? "identity" : O.op == OP_SCALE ? "scale" : "pass");
 		printf(" %-22s: rdag_backward() on worker 0; %d messages in series: %d scalar "
 		       "requests down, %d gradient requests up, %d answers\n", "timed", 4 * (O.nw - 1),
 		       O.nw - 1, O.nw - 1, 2 * (O.nw - 1));
@@ -904,7 +906,8 @@ static void usage(FILE *f)
 		"  -n <iters>  timed backward passes per size (default 100; -M: passes per sender, 200)\n"
 		"  -w <iters>  warm-up passes (default 10; at most a quarter of -n, at least 1)\n"
 		"  -G <n>      gradients per hop, 1..%d (default 1)\n"
-		"  -o <op>     node at each stage: identity (default) or scale\n"
+		"  -o <op>     node at each stage: identity (default: its backward copies the gradient),\n"
+		"              scale, or pass (RDAG_NODE_IDENTITY: the engine hands the gradient on)\n"
 		"  -M          fan-in rate mode: workers 1..W-1 send gradient requests to worker 0\n"
 		"  -K <n>      -M: gradient requests per pass (in flight at once), 1..%d (default 16)\n"
 		"  -P <prov>   libfabric provider (sets RDAG_FABRIC=ofi, RDAG_OFI_PROVIDER)\n"
@@ -985,6 +988,8 @@ static void parse_args(int argc, char **argv)
 				O.op = OP_IDENTITY;
 			else if (strcmp(optarg, "scale") == 0)
 				O.op = OP_SCALE;
+			else if (strcmp(optarg, "pass") == 0)
+				O.op = OP_PASS;
 			else
 				bad(c, optarg);
 			break;
@@ -1093,6 +1098,10 @@ int main(int argc, char **argv)
 	int fd, ret = 0, left;
 
 	parse_args(argc, argv);
+	if (O.detail && O.op == OP_PASS) {
+		fprintf(stderr, "%s: -D times the node callbacks, which -o pass never calls\n", O.tool);
+		return EXIT_USAGE;
+	}
 	rdag_agent_opts_init(&o);
 	if (launched()) {
 		if (O.detail)

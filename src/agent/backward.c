@@ -13,6 +13,7 @@
 struct rgrads {
 	struct ctx_recvfn *fn;
 	struct rdag_tensor *g;        /* fn->ntensors; data NULL where none arrived */
+	bool *lent;                   /* fn->ntensors: g[i].data is a root's buffer, not ours */
 };
 
 /* One local pass of a context on this worker, and what leaves it. */
@@ -21,6 +22,12 @@ struct pass {
 	struct ctx *c;
 	struct ctx_pass *ps;          /* this pass's record in c (its id, its abort) */
 	bool retain;
+	/*
+	 * The engine is rdag_graph: every gradient it hands the sink without giving it away is a
+	 * root's (or lies in one), and the roots outlive the pass (run_pass's caller holds them until
+	 * it returns, after propagate()), so a recv gradient may be sent from where it lies.
+	 */
+	bool borrow;
 	pthread_mutex_t lock;
 	struct u64map recv;           /* (uintptr_t)recv fn -> struct rgrads */
 };
@@ -312,9 +319,11 @@ static int pass_check(void *arg)
 
 /*
  * *dst += *src, dst (shaped like src) made the first time: from src's buffer itself when take
- * (the engine handed it over: no copy), else a copy. When take, src's buffer is ours in any case.
+ * (the engine handed it over: no copy) or when lent is given (src outlives the pass: dst points
+ * at it, *lent set), else a copy. A lent dst is copied before anything is added to it. When
+ * take, src's buffer is ours in any case.
  */
-static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take)
+static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take, bool *lent)
 {
 	size_t nb = rdag_tensor_nbytes(src);
 	int rc;
@@ -326,12 +335,30 @@ static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take)
 		memset(&dst->grad_fn, 0, sizeof(dst->grad_fn));
 		if (take)
 			return 0;
+		if (lent) {
+			*lent = true;
+			return 0;
+		}
 		dst->data = gbuf_alloc(nb, false);
 		if (!dst->data)
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		if (nb)
 			memcpy(dst->data, src->data, nb);
 		return 0;
+	}
+	if (lent && *lent) {
+		/* a second gradient: never add into a root's buffer */
+		void *p = gbuf_alloc(nb, false);
+
+		if (!p) {
+			if (take)
+				gbuf_free(src->data);
+			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
+		}
+		if (nb)
+			memcpy(p, dst->data, nb);
+		dst->data = p;
+		*lent = false;
 	}
 	rc = rdag_tensor_add(dst, src);
 	if (take)
@@ -364,7 +391,7 @@ static int leaf_acc(struct pass *p, void *var, struct rdag_tensor *grad, bool ta
 		if (take)
 			gbuf_free(grad->data);
 	} else {
-		rc = acc(&g->t, grad, take);
+		rc = acc(&g->t, grad, take, NULL); /* the context keeps it: never lent */
 	}
 	pthread_mutex_unlock(&c->lock);
 	return rc;
@@ -382,9 +409,12 @@ static int sink_leaf_take(void *arg, void *var, struct rdag_tensor *grad)
 	return leaf_acc(arg, var, grad, true);
 }
 
-/* A gradient for a tensor that arrived by RPC; sent back once the local pass is done. */
+/*
+ * A gradient for a tensor that arrived by RPC; sent back once the local pass is done. borrow: grad
+ * outlives the pass, and may be sent from where it lies.
+ */
 static int recv_acc(struct pass *p, struct ctx_recvfn *fn, uint32_t nr, struct rdag_tensor *grad,
-		    bool take)
+		    bool take, bool borrow)
 {
 	struct rgrads *r;
 	int rc;
@@ -406,11 +436,15 @@ static int recv_acc(struct pass *p, struct ctx_recvfn *fn, uint32_t nr, struct r
 	r = u64map_get(&p->recv, (uintptr_t)fn);
 	if (!r) {
 		r = calloc(1, sizeof(*r));
-		if (r)
+		if (r) {
 			r->g = calloc(fn->ntensors, sizeof(*r->g));
-		if (!r || !r->g || u64map_put(&p->recv, (uintptr_t)fn, r)) {
-			if (r)
+			r->lent = calloc(fn->ntensors, sizeof(*r->lent));
+		}
+		if (!r || !r->g || !r->lent || u64map_put(&p->recv, (uintptr_t)fn, r)) {
+			if (r) {
 				free(r->g);
+				free(r->lent);
+			}
 			free(r);
 			pthread_mutex_unlock(&p->lock);
 			if (take)
@@ -419,21 +453,22 @@ static int recv_acc(struct pass *p, struct ctx_recvfn *fn, uint32_t nr, struct r
 		}
 		r->fn = fn;
 	}
-	rc = acc(&r->g[nr], grad, take);
+	rc = acc(&r->g[nr], grad, take, borrow || r->lent[nr] ? &r->lent[nr] : NULL);
 	pthread_mutex_unlock(&p->lock);
 	return rc;
 }
 
 static int sink_recv(void *arg, void *fnp, uint32_t nr, const struct rdag_tensor *grad)
 {
+	struct pass *p = arg;
 	struct rdag_tensor t = *grad;
 
-	return recv_acc(arg, fnp, nr, &t, false);
+	return recv_acc(p, fnp, nr, &t, false, p->borrow);
 }
 
 static int sink_recv_take(void *arg, void *fnp, uint32_t nr, struct rdag_tensor *grad)
 {
-	return recv_acc(arg, fnp, nr, grad, true);
+	return recv_acc(arg, fnp, nr, grad, true, false);
 }
 
 static void pass_fini(struct pass *p)
@@ -446,8 +481,10 @@ static void pass_fini(struct pass *p)
 		struct rgrads *r = v;
 
 		for (uint32_t j = 0; j < r->fn->ntensors; j++)
-			gbuf_free(r->g[j].data);
+			if (!r->lent[j])
+				gbuf_free(r->g[j].data);
 		free(r->g);
+		free(r->lent);
 		free(r);
 	}
 	u64map_fini(&p->recv);
@@ -549,6 +586,9 @@ static int propagate(struct pass *p)
 	return first;
 }
 
+static int default_run(void *engine, const struct rdag_edge_grad *roots, uint32_t n, bool retain,
+		       const struct rdag_grad_sink *sink);
+
 /* Runs a local pass from roots (edges with their gradients), then sends what left it. */
 static int run_pass(rdag_agent_t *a, struct ctx *c, uint64_t pass_id,
 		    const struct rdag_edge_grad *roots, uint32_t n, bool retain)
@@ -569,6 +609,7 @@ static int run_pass(rdag_agent_t *a, struct ctx *c, uint64_t pass_id,
 	p.a = a;
 	p.c = c;
 	p.retain = retain;
+	p.borrow = a->engine.run == default_run;
 	pthread_mutex_init(&p.lock, NULL);
 	memset(&sink, 0, sizeof(sink)); /* fields added later stay NULL / 0 */
 	sink.leaf = sink_leaf;
@@ -595,9 +636,13 @@ static int run_pass(rdag_agent_t *a, struct ctx *c, uint64_t pass_id,
 		case RDAG_GRAD_LEAF:
 			rc = sink_leaf(&p, roots[i].edge.node, &roots[i].grad);
 			break;
-		case RDAG_GRAD_RECV:
-			rc = sink_recv(&p, roots[i].edge.node, roots[i].edge.input_nr, &roots[i].grad);
+		case RDAG_GRAD_RECV: {
+			/* a root: it outlives the pass, whoever the engine is */
+			struct rdag_tensor t = roots[i].grad;
+
+			rc = recv_acc(&p, roots[i].edge.node, roots[i].edge.input_nr, &t, false, true);
 			break;
+		}
 		default:
 			break;
 		}

@@ -274,9 +274,19 @@ int rdag_graph_node_flags(void *node, uint32_t flags)
 
 	if (!n)
 		return err_set(RDAG_EINVAL, "rdag_graph_node_flags: not a node of rdag_graph");
-	if (flags & ~RDAG_NODE_WRITES_ALL)
+	if (flags & ~(RDAG_NODE_WRITES_ALL | RDAG_NODE_IDENTITY))
 		return err_set(RDAG_EINVAL, "rdag_graph_node_flags: unknown flags %#x",
-			       flags & ~RDAG_NODE_WRITES_ALL);
+			       flags & ~(RDAG_NODE_WRITES_ALL | RDAG_NODE_IDENTITY));
+	if (flags & RDAG_NODE_IDENTITY) {
+		if (n->n_in != n->n_out)
+			return err_set(RDAG_EINVAL, "rdag_graph_node_flags: an identity node needs as "
+				       "many inputs as outputs (%u, %u)", n->n_in, n->n_out);
+		for (uint32_t i = 0; i < n->n_in; i++)
+			if (check_shape(&n->in_meta[i], &n->out_meta[i]))
+				return err_set(RDAG_EINVAL, "rdag_graph_node_flags: an identity node's "
+					       "input %u does not match its output: %s", i,
+					       rdag_last_error());
+	}
 	atomic_store(&n->flags, flags);
 	return 0;
 }
@@ -447,12 +457,40 @@ static void free_state(struct u64map *st)
 	u64map_fini(st);
 }
 
+/*
+ * An identity node: output i's gradient goes on as input i's, moved when it is ours (s->grads[i]
+ * then empty), lent when it is a root's. Its outputs' slots are filled (zeros for none) already.
+ */
+static int run_identity(struct u64map *st, struct nstate *s, bool retain,
+			const struct rdag_grad_sink *sink, struct nstate ***tail)
+{
+	struct gnode *n = s->n;
+	uint64_t pass = sink ? sink->pass_id : 0;
+	int rc = 0;
+
+	if (!retain)
+		atomic_store(&n->freed_by, pass ? pass : FREED_NO_PASS);
+	for (uint32_t i = 0; i < n->n_in && !rc; i++) {
+		struct rdag_tensor g;
+
+		if (n->next[i].kind == RDAG_GRAD_NONE)
+			continue;
+		g = n->in_meta[i];
+		g.data = s->grads[i].data;
+		rc = deliver(st, &n->next[i], &g, s->owned[i], sink, tail, true);
+		if (s->owned[i] && !g.data)
+			s->grads[i].data = NULL; /* moved on */
+	}
+	return rc;
+}
+
 static int run_node(struct u64map *st, struct nstate *s, bool retain,
 		    const struct rdag_grad_sink *sink, struct nstate ***tail)
 {
 	struct gnode *n = s->n;
 	uint64_t pass = sink ? sink->pass_id : 0, freed = atomic_load(&n->freed_by);
 	struct rdag_tensor *gin;
+	uint32_t flags;
 	bool zero;
 	int rc = 0;
 
@@ -466,10 +504,13 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		s->owned[i] = true;
 	}
+	flags = atomic_load(&n->flags);
+	if (flags & RDAG_NODE_IDENTITY)
+		return run_identity(st, s, retain, sink, tail);
 	gin = calloc(n->n_in ? n->n_in : 1, sizeof(*gin));
 	if (!gin)
 		return err_set(RDAG_ENOMEM, "out of memory for gradients");
-	zero = !(atomic_load(&n->flags) & RDAG_NODE_WRITES_ALL);
+	zero = !(flags & RDAG_NODE_WRITES_ALL);
 	for (uint32_t i = 0; i < n->n_in && !rc; i++) {
 		if (n->next[i].kind == RDAG_GRAD_NONE) {
 			gin[i] = n->in_meta[i];

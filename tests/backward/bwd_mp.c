@@ -104,6 +104,7 @@ static const struct {
 	{"multi", sc_multi, 2},
 	{"local_only", sc_local_only, 1},
 	{"grad_on_return", sc_grad_on_return, 2},
+	{"identity", sc_identity, 2},
 	{"rref", sc_rref, 3},
 	{"ps", sc_ps, 2},
 	{"accumulate", sc_accumulate, 2},

@@ -330,6 +330,7 @@ void sc_unused(struct bw_worker *w);
 void sc_multi(struct bw_worker *w);
 void sc_local_only(struct bw_worker *w);
 void sc_grad_on_return(struct bw_worker *w);
+void sc_identity(struct bw_worker *w);
 void sc_rref(struct bw_worker *w);
 void sc_shared(struct bw_worker *w);
 /* sc_load.c */

@@ -633,11 +633,61 @@ static int fn_peek(void *arg, const struct rdag_caller *who, const struct rdag_m
 	return rdag_reply_payload(out, &resp, sizeof(resp));
 }
 
+/* The backward of "twin"'s nodes, which the engine must never call (RDAG_NODE_IDENTITY). */
+static int twin_bwd(void *arg, const struct rdag_tensor *go, uint32_t no, struct rdag_tensor *gi,
+		    uint32_t ni)
+{
+	struct bw_worker *w = arg;
+
+	(void)go, (void)no, (void)gi, (void)ni;
+	bw_fail(w, __FILE__, __LINE__, "twin: the engine called an identity node's backward");
+	return RDAG_EINVAL;
+}
+
+/*
+ * "twin": returns [x, x] through two identity nodes (RDAG_NODE_IDENTITY) over the received x: in
+ * backward both gradients reach x's recv function without a node running, the first lent from
+ * where it landed, the second added to a copy of it.
+ */
+static int fn_twin(void *arg, const struct rdag_caller *who, const struct rdag_msg *in, rdag_reply_t *out)
+{
+	struct bw_worker *w = arg;
+	struct rdag_tensor x, y[2];
+	size_t nb;
+	int rc = 0;
+
+	if (!who->has_context)
+		return rdag_reply_error(out, RDAG_EINVAL, "twin: called without an autograd context");
+	if (in->ntensors != 1 || !float_tensor(&in->tensors[0]) || !in->tensors[0].requires_grad)
+		return rdag_reply_error(out, RDAG_EINVAL, "twin: wants one f32/f64 tensor requiring grad");
+	x = in->tensors[0];
+	nb = rdag_tensor_nbytes(&x);
+	for (int k = 0; k < 2 && !rc; k++) {
+		void *node;
+
+		y[k] = x;
+		y[k].data = rdag_reply_alloc(out, nb ? nb : 1);
+		if (!y[k].data)
+			return rdag_reply_error(out, RDAG_ENOMEM, "twin: no memory");
+		memcpy(y[k].data, x.data, nb);
+		rc = rdag_graph_node(w->g, twin_bwd, w, &x, 1, &y[k], 1, &node);
+		if (!rc)
+			rc = rdag_graph_node_flags(node, RDAG_NODE_IDENTITY);
+		y[k].requires_grad = true;
+		y[k].grad_kind = RDAG_GRAD_NODE;
+		y[k].grad_fn.node = node;
+		y[k].grad_fn.input_nr = 0;
+	}
+	for (int k = 0; k < 2 && !rc; k++)
+		rc = rdag_reply_tensor(out, &y[k]);
+	return rc ? rdag_reply_error(out, rc, "twin: failed (%d): %s", rc, rdag_last_error()) : 0;
+}
+
 int bw_register_all(struct bw_worker *w)
 {
 	static const struct mp_fn fns[] = {
 		{"chain", fn_chain}, {"leafret", fn_leafret}, {"pair", fn_pair},
-		{"rref_make", fn_rref_make}, {"peek", fn_peek},
+		{"rref_make", fn_rref_make}, {"peek", fn_peek}, {"twin", fn_twin},
 	};
 	const char *name = NULL;
 	int rc = mp_register(w->a, fns, sizeof(fns) / sizeof(fns[0]), w, &name);

@@ -595,6 +595,78 @@ void sc_grad_on_return(struct bw_worker *w)
 	on_return(w, &S4, false, 82, "grad_on_return: no tensors sent, f64 [4]");
 }
 
+/* ---- identity ----------------------------------------------------------------------------- */
+
+/*
+ * x (a leaf of 0) goes to 1, which returns [x, x] through identity nodes; loss = sum of both.
+ * x's gradient is 2 everywhere: worker 1's part of the pass runs no node, lends the first gradient
+ * from where it landed (inline, an arena slot, a rendezvous buffer, by size) and copies it before
+ * adding the second.
+ */
+static void twin(struct bw_worker *w, const struct bw_shape *s, uint64_t seed, const char *what)
+{
+	struct bw_expset es = {.n = 0};
+	uint8_t dt = s->dtype;
+	size_t n = bw_numel(s);
+	uint64_t ctx = ~0ull;
+	void *x = NULL;
+
+	bw_phase(w, "%s", what);
+	if (w->rank == 0) {
+		struct rdag_tensor xt, loss;
+		struct rdag_msg args, res;
+		rdag_future_t *f = NULL;
+		double lv = 0;
+		int rc;
+
+		ctx = new_ctx(w);
+		x = bw_vals(w, dt, n);
+		if (x) {
+			bw_fill_x(dt, x, n, seed, true);
+			bw_tensor(&xt, x, s);
+			bw_leaf(&xt, NULL);
+			args = (struct rdag_msg){.tensors = &xt, .ntensors = 1};
+			rc = rdag_rpc_sync(w->a, 1, "twin", &args, NULL, &f);
+			CHECK_RC(w, rc, 0, "%s: twin", what);
+			if (rc == 0 && (rc = rdag_future_result(f, &res)) == 0) {
+				CHECK(w, res.ntensors == 2 && res.tensors[0].grad_kind == RDAG_GRAD_RECV &&
+					 res.tensors[1].grad_kind == RDAG_GRAD_RECV,
+				      "%s: results are not two RECV tensors", what);
+				loss.data = &lv;
+				rc = bw_op(w, BW_SUM2, res.tensors, 2, &loss, NULL);
+				CHECK_RC(w, rc, 0, "%s: loss node", what);
+				if (rc == 0)
+					CHECK_RC(w, rdag_backward(w->a, ctx, &loss, 1, false), 0,
+						 "%s: rdag_backward", what);
+			}
+			rdag_future_free(f);
+		}
+	}
+	ctx = share_ctx(w, 0, ctx, what);
+	if (w->rank == 0 && x) {
+		void *two = bw_expect(w, &es, x, dt, n, NULL, "x of 0 (twice through identities)");
+
+		for (size_t i = 0; two && i < n; i++)
+			bw_st(dt, two, i, 2.0);
+	}
+	if (w->rank <= 1)
+		CHECK_GRADS(w, ctx, &es, 0, what); /* on 1: none at all */
+	bw_expset_free(&es);
+	end_ctx(w, 0, ctx, what);
+	free(x);
+}
+
+void sc_identity(struct bw_worker *w)
+{
+	static const struct bw_shape small = {RDAG_F64, 2, {3, 5, 0}};
+	static const struct bw_shape slot = {RDAG_F32, 1, {64 << 10, 0, 0}};     /* 256 KiB */
+	static const struct bw_shape rdv = {RDAG_F32, 2, {768, 1024, 0}};        /* 3 MiB */
+
+	twin(w, &small, 90, "identity: f64 [3,5], inline");
+	twin(w, &slot, 91, "identity: f32 [65536], an arena slot");
+	twin(w, &rdv, 92, "identity: f32 [768,1024], rendezvous");
+}
+
 /* ---- rref --------------------------------------------------------------------------------- */
 
 /*

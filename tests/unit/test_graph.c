@@ -490,6 +490,137 @@ static void node_flags_are_checked(void **state)
 	rdag_graph_destroy(g);
 }
 
+/* ---- RDAG_NODE_IDENTITY --------------------------------------------------------------------- */
+
+struct id_sink {
+	const void *recv_data, *leaf_data; /* what reached the sink */
+	bool recv_taken, leaf_taken;
+	double leaf_sum[N];
+};
+
+static int id_recv(void *arg, void *fn, uint32_t nr, const struct rdag_tensor *g)
+{
+	struct id_sink *s = arg;
+
+	(void)fn, (void)nr;
+	s->recv_data = g->data;
+	return 0;
+}
+
+static int id_leaf_take(void *arg, void *var, struct rdag_tensor *g)
+{
+	struct id_sink *s = arg;
+
+	(void)var;
+	s->leaf_data = g->data;
+	s->leaf_taken = true;
+	memcpy(s->leaf_sum, g->data, sizeof(s->leaf_sum));
+	free(g->data);
+	return 0;
+}
+
+static int never_bw(void *arg, const struct rdag_tensor *go, uint32_t n_out, struct rdag_tensor *gi,
+		    uint32_t n_in)
+{
+	(void)arg, (void)go, (void)n_out, (void)gi, (void)n_in;
+	fail_msg("the engine called an identity node's backward");
+	return RDAG_EINVAL;
+}
+
+/*
+ * root -> identity -> recv: the sink sees the root's own buffer (lent, no copy). root -> scale ->
+ * identity -> leaf: the buffer the scale node filled moves through to leaf_take.
+ */
+static void identity_hands_gradients_on(void **state)
+{
+	rdag_graph_t *g;
+	double xd[N] = {0}, ones[N] = {1, 1, 1, 1}, three = 3;
+	int recv_fn_token;
+	struct rdag_tensor r, x, y;
+	struct rdag_edge_grad root;
+	struct id_sink s;
+	struct rdag_grad_sink sink = {.recv = id_recv, .leaf_take = id_leaf_take, .arg = &s};
+	void *id1, *sc, *id2;
+
+	(void)state;
+	memset(&s, 0, sizeof(s));
+	assert_int_equal(rdag_graph_create(&g), 0);
+	/* r: a tensor that came by RPC (its edge: a recv function) */
+	vec(&r, xd, true);
+	r.grad_kind = RDAG_GRAD_RECV;
+	r.grad_fn.node = &recv_fn_token;
+	r.grad_fn.input_nr = 0;
+	assert_int_equal(rdag_graph_node(g, never_bw, NULL, &r, 1, &r, 1, &id1), 0);
+	assert_int_equal(rdag_graph_node_flags(id1, RDAG_NODE_IDENTITY), 0);
+	memset(&root, 0, sizeof(root));
+	root.grad_kind = RDAG_GRAD_NODE;
+	root.edge.node = id1;
+	vec(&root.grad, ones, false);
+	assert_int_equal(rdag_graph_run(g, &root, 1, true, &sink), 0);
+	assert_ptr_equal(s.recv_data, ones); /* the root's buffer itself */
+
+	/* root -> identity -> scale by 3 -> leaf x: the root is lent through the identity to the
+	 * scale node, whose buffer moves on to leaf_take */
+	vec(&x, xd, true);
+	assert_int_equal(rdag_graph_node(g, scale_bw, &three, &x, 1, &x, 1, &sc), 0);
+	out_of(&y, xd, sc, 0);
+	assert_int_equal(rdag_graph_node(g, never_bw, NULL, &y, 1, &y, 1, &id2), 0);
+	assert_int_equal(rdag_graph_node_flags(id2, RDAG_NODE_IDENTITY | RDAG_NODE_WRITES_ALL), 0);
+	root.edge.node = id2;
+	assert_int_equal(rdag_graph_run(g, &root, 1, false, &sink), 0);
+	assert_true(s.leaf_taken);
+	for (int i = 0; i < N; i++)
+		assert_true(s.leaf_sum[i] == 3.0);
+	/* the identity does not run twice after retain_graph false */
+	assert_int_equal(rdag_graph_run(g, &root, 1, false, &sink), RDAG_EINVAL);
+	rdag_graph_destroy(g);
+
+	/* root -> scale by 3 -> identity -> leaf x: the buffer the scale node filled moves on */
+	{
+		struct rdag_tensor x3, y3, z;
+		void *id3, *sc2;
+
+		assert_int_equal(rdag_graph_create(&g), 0);
+		memset(&s, 0, sizeof(s));
+		vec(&x3, xd, true);
+		assert_int_equal(rdag_graph_node(g, never_bw, NULL, &x3, 1, &x3, 1, &id3), 0);
+		assert_int_equal(rdag_graph_node_flags(id3, RDAG_NODE_IDENTITY), 0);
+		out_of(&y3, xd, id3, 0);
+		assert_int_equal(rdag_graph_node(g, scale_bw, &three, &y3, 1, &y3, 1, &sc2), 0);
+		out_of(&z, xd, sc2, 0);
+		root.edge = z.grad_fn;
+		assert_int_equal(rdag_graph_run(g, &root, 1, false, &sink), 0);
+		assert_true(s.leaf_taken);
+		assert_ptr_not_equal(s.leaf_data, ones);
+		for (int i = 0; i < N; i++)
+			assert_true(s.leaf_sum[i] == 3.0);
+		rdag_graph_destroy(g);
+	}
+}
+
+static void identity_needs_matching_inputs(void **state)
+{
+	rdag_graph_t *g;
+	double xd[N] = {0}, f32d[N] = {0};
+	struct rdag_tensor in2[2], x, xf;
+	int64_t shape[1] = {N};
+	void *two_in, *other_dtype;
+
+	(void)state;
+	assert_int_equal(rdag_graph_create(&g), 0);
+	vec(&in2[0], xd, true);
+	vec(&in2[1], xd, true);
+	assert_int_equal(rdag_graph_node(g, never_bw, NULL, in2, 2, in2, 1, &two_in), 0);
+	assert_int_equal(rdag_graph_node_flags(two_in, RDAG_NODE_IDENTITY), RDAG_EINVAL);
+	assert_non_null(strstr(rdag_last_error(), "as many inputs as outputs"));
+	vec(&x, xd, true);
+	rdag_tensor_init(&xf, f32d, RDAG_F32, 1, shape);
+	assert_int_equal(rdag_graph_node(g, never_bw, NULL, &x, 1, &xf, 1, &other_dtype), 0);
+	assert_int_equal(rdag_graph_node_flags(other_dtype, RDAG_NODE_IDENTITY), RDAG_EINVAL);
+	assert_non_null(strstr(rdag_last_error(), "does not match"));
+	rdag_graph_destroy(g);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -501,6 +632,8 @@ int main(void)
 		cmocka_unit_test(tensor_add_dtypes),
 		cmocka_unit_test(writes_all_and_reused_buffers),
 		cmocka_unit_test(node_flags_are_checked),
+		cmocka_unit_test(identity_hands_gradients_on),
+		cmocka_unit_test(identity_needs_matching_inputs),
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
