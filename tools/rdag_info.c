@@ -12,19 +12,23 @@
 #include "gpu/gpu.h"
 
 /*
- * Usage: rdag_info [-p provider] [-h]
+ * Usage: rdag_info [-p provider] [-j] [-h]
  * Like fi_info and ibv_devinfo, from rdag's point of view: which libfabric providers offer what
  * rdag needs (RDM endpoints, messages, RDMA write, remote CQ data) and with which MR modes,
  * capabilities and limits; which are listed by libfabric but not usable, and why; whether the
  * verbs provider finds a device; and what RDAG_FABRIC=auto would choose, and why; then the GPU
  * side: CUDA build, driver, devices, dma-buf / peer-memory / FI_HMEM registration, NCCL, and
- * what RDAG_GPU_TRANSPORT would choose.
+ * what RDAG_GPU_TRANSPORT would choose. With -j, run by a launcher as every rank of a job, each
+ * worker opens an agent and prints what it chose with each peer (rdag_peer_info) instead.
  */
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: rdag_info [-p libfabric-provider] [-h]\n"
+	fprintf(f, "usage: rdag_info [-p libfabric-provider] [-j] [-h]\n"
 		   "  -p NAME  only this libfabric provider (e.g. shm, \"tcp;ofi_rxm\")\n"
+		   "  -j       join the job the launcher started (every rank runs rdag_info -j): each\n"
+		   "           worker prints, per peer, the peer's handshake offer and the GPU path\n"
+		   "           chosen with it (rdag_peer_info)\n"
 		   "Environment: RDAG_FABRIC, RDAG_OFI_PROVIDER, RDAG_IB_DEVICE, RDAG_IB_GID_INDEX "
 		   "(see docs/env.md).\n");
 }
@@ -340,6 +344,46 @@ static void show_choice(const char *label, const struct fab_open_opts *opts)
 	printf("  %s\n      -> %s%s\n", label, rc ? "nothing usable: " : "", why);
 }
 
+/* -j: this rank's agent, and what it chose with each peer. 0, or 1 when something failed. */
+static int show_job(void)
+{
+	rdag_agent_t *a = NULL;
+	int rc = rdag_agent_open(NULL, &a), bad = 0;
+
+	if (rc) {
+		fprintf(stderr, "rdag_info: rdag_agent_open: %s: %s\n", rdag_strerror(rc),
+			rdag_last_error());
+		return 1;
+	}
+	printf("worker %u (%s) of %u:\n", rdag_agent_id(a), rdag_worker_name(a, rdag_agent_id(a)),
+	       rdag_agent_world(a));
+	for (uint32_t p = 0; p < rdag_agent_world(a); p++) {
+		struct rdag_peer_info pi;
+
+		if (p == rdag_agent_id(a))
+			continue;
+		rc = rdag_peer_info(a, p, &pi);
+		if (rc) {
+			printf("  peer %u: rdag_peer_info failed: %s\n", p, rdag_last_error());
+			bad = 1;
+			continue;
+		}
+		printf("  -> worker %u (%s): offers %s%s%s; GPU path: %s (%s%s%s)\n", pi.id, pi.name,
+		       pi.offers ? "" : "nothing",
+		       pi.offers & RDAG_PEER_OFFER_NCCL ? "nccl " : "",
+		       pi.offers & RDAG_PEER_OFFER_GPU_ARENA ? "gpu-arena" : "",
+		       pi.gpu_path ? pi.gpu_path : "none", pi.gpu_rc ? rdag_strerror(pi.gpu_rc) : "",
+		       pi.gpu_rc ? ": " : "", pi.gpu_why);
+	}
+	fflush(stdout);
+	rc = rdag_agent_close(a);
+	if (rc) {
+		fprintf(stderr, "rdag_info: rdag_agent_close: %s\n", rdag_last_error());
+		bad = 1;
+	}
+	return bad;
+}
+
 int main(int argc, char **argv)
 {
 	const char *only = NULL;
@@ -350,9 +394,12 @@ int main(int argc, char **argv)
 	char why[700];
 	int opt, nseen, rc;
 
-	while ((opt = getopt(argc, argv, "p:h")) != -1) {
+	int job = 0;
+
+	while ((opt = getopt(argc, argv, "p:jh")) != -1) {
 		switch (opt) {
 		case 'p': only = optarg; break;
+		case 'j': job = 1; break;
 		case 'h': usage(stdout); return 0;
 		default: usage(stderr); return 2;
 		}
@@ -361,6 +408,8 @@ int main(int argc, char **argv)
 		usage(stderr);
 		return 2;
 	}
+	if (job)
+		return show_job();
 	gethostname(host, sizeof(host) - 1);
 	printf("rdag %s on %s, libfabric %u.%u (built against %d.%d)\n\n", rdag_version(), host,
 	       FI_MAJOR(fi_version()), FI_MINOR(fi_version()), FI_MAJOR_VERSION, FI_MINOR_VERSION);

@@ -66,6 +66,32 @@ RDAG_API const char *rdag_worker_name(const rdag_agent_t *a, uint32_t id);
 /* Id of the worker called name, or RDAG_ENOENT. Thread-safe. */
 RDAG_API int rdag_worker_id(const rdag_agent_t *a, const char *name);
 
+/* What a peer offered in its transport handshake (rdag_peer_info.offers). */
+#define RDAG_PEER_OFFER_GPU_ARENA 0x1u /* its landing arena is GPU memory (GPUDirect RDMA) */
+#define RDAG_PEER_OFFER_NCCL 0x2u      /* it has a GPU and NCCL */
+
+/* What this worker knows of one peer (rdag_peer_info). */
+struct rdag_peer_info {
+	uint32_t id;
+	const char *name;   /* the peer's worker name (valid while the agent is open) */
+	uint32_t offers;    /* RDAG_PEER_OFFER_* */
+	/*
+	 * The path device tensors take to this peer, chosen at rdag_agent_open from both sides'
+	 * offers and RDAG_GPU_TRANSPORT (docs/gpu.md): gpu_rc 0 and gpu_path "gdr", "nccl" or
+	 * "host"; or gpu_rc the reason there is none (RDAG_ENOCUDA, RDAG_ENOCUDA_DRIVER,
+	 * RDAG_ENOGPU, RDAG_ENONCCL, RDAG_ENOSYS, ...) and gpu_path NULL. gpu_why says why, in words.
+	 */
+	int gpu_rc;
+	const char *gpu_path;
+	char gpu_why[256];
+};
+
+/*
+ * Fills *out for worker peer (not this one). RDAG_EINVAL for a NULL argument, an id out of range
+ * or this worker's own. Thread-safe.
+ */
+RDAG_API int rdag_peer_info(rdag_agent_t *a, uint32_t peer, struct rdag_peer_info *out);
+
 /* The progress mode in force (enum rdag_progress_mode). Thread-safe. */
 RDAG_API int rdag_agent_progress_mode(const rdag_agent_t *a);
 

@@ -68,6 +68,31 @@ int ag_gpu_select(rdag_agent_t *a)
 	return 0;
 }
 
+int rdag_peer_info(rdag_agent_t *a, uint32_t peer, struct rdag_peer_info *out)
+{
+	uint16_t offer = 0;
+	const struct ag_gpu_path *gp;
+
+	if (!a || !out)
+		return err_set(RDAG_EINVAL, "rdag_peer_info: NULL argument");
+	if (peer >= a->world || peer == a->id || !a->gpu_path)
+		return err_set(RDAG_EINVAL, "rdag_peer_info: worker %u is %s", peer,
+			       peer == a->id ? "this worker" : "not in the job");
+	memset(out, 0, sizeof(*out));
+	gp = &a->gpu_path[peer];
+	out->id = peer;
+	out->name = rdag_worker_name(a, peer);
+	(void)xport_peer_offer(a->x, peer, &offer); /* peer is in range */
+	if (offer & WIRE_HS_ARENA_GPU)
+		out->offers |= RDAG_PEER_OFFER_GPU_ARENA;
+	if (offer & WIRE_HS_NCCL)
+		out->offers |= RDAG_PEER_OFFER_NCCL;
+	out->gpu_rc = gp->rc;
+	out->gpu_path = gp->rc ? NULL : gpu_transport_name(gp->t);
+	snprintf(out->gpu_why, sizeof(out->gpu_why), "%s", gp->why);
+	return 0;
+}
+
 int agent_test_gpu_path(rdag_agent_t *a, uint32_t peer, uint16_t *peer_offer, char *why,
 			size_t whylen)
 {

@@ -7,6 +7,7 @@
 
 #include "agent_mp.h"
 #include "gpu/gpu.h"
+#include "wire/wire.h"
 
 #define LONG_NAME 4096
 
@@ -648,9 +649,43 @@ void sc_workers(struct am_worker *w)
 			} else {
 				CHECK(w, rc >= 0 && why[0], "GPU path to %d: %d (%s)", i, rc, why);
 			}
+			/* the public view says the same */
+			{
+				struct rdag_peer_info pi;
+				uint32_t want_offers =
+					((offer & WIRE_HS_ARENA_GPU) ? RDAG_PEER_OFFER_GPU_ARENA : 0) |
+					((offer & WIRE_HS_NCCL) ? RDAG_PEER_OFFER_NCCL : 0);
+
+				memset(&pi, 0x5a, sizeof(pi));
+				CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)i, &pi), 0, "rdag_peer_info(%d)", i);
+				CHECK(w, pi.id == (uint32_t)i && pi.name &&
+					 strcmp(pi.name, rdag_worker_name(w->a, (uint32_t)i)) == 0 &&
+					 pi.offers == want_offers && strcmp(pi.gpu_why, why) == 0,
+				      "rdag_peer_info(%d): id %u, name %s, offers 0x%x (want 0x%x), why '%s'",
+				      i, pi.id, pi.name ? pi.name : "(null)", pi.offers, want_offers,
+				      pi.gpu_why);
+				if (rc < 0)
+					CHECK(w, pi.gpu_rc == rc && pi.gpu_path == NULL,
+					      "rdag_peer_info(%d): gpu_rc %d, path %s; want %d, none", i,
+					      pi.gpu_rc, pi.gpu_path ? pi.gpu_path : "(null)", rc);
+				else
+					CHECK(w, pi.gpu_rc == 0 && pi.gpu_path &&
+						 strcmp(pi.gpu_path, gpu_transport_name((enum gpu_transport)rc)) == 0,
+					      "rdag_peer_info(%d): gpu_rc %d, path %s", i, pi.gpu_rc,
+					      pi.gpu_path ? pi.gpu_path : "(null)");
+			}
 		}
 		CHECK_RC(w, agent_test_gpu_path(w->a, (uint32_t)w->world, NULL, NULL, 0), RDAG_EINVAL,
 			 "GPU path to a worker past the world");
+		{
+			struct rdag_peer_info pi;
+
+			CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)w->rank, &pi), RDAG_EINVAL,
+				 "rdag_peer_info of itself");
+			CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)w->world, &pi), RDAG_EINVAL,
+				 "rdag_peer_info past the world");
+			CHECK_RC(w, rdag_peer_info(w->a, 0, NULL), RDAG_EINVAL, "rdag_peer_info(NULL)");
+		}
 	}
 	CHECK_RC(w, rdag_worker_id(w->a, "nobody"), RDAG_ENOENT, "rdag_worker_id(nobody)");
 	CHECK_RC(w, rdag_worker_id(w->a, ""), RDAG_ENOENT, "rdag_worker_id(\"\")");
