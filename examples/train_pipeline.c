@@ -107,11 +107,14 @@ static void layer_fwd(const struct layer *L, const double *x, double *y)
 }
 
 /* Given dY, x and y: dX (may be NULL), dW, db. */
-static void layer_bwd(const struct layer *L, const double *x, const double *y, const double *dy,
-		      double *dx, double *dw, double *db)
+/* Writes every element of dx (when not NULL), dw and db. 0 or RDAG_ENOMEM. */
+static int layer_bwd(const struct layer *L, const double *x, const double *y, const double *dy,
+		     double *dx, double *dw, double *db)
 {
 	double *dz = malloc(sizeof(double) * (size_t)batch * L->dout);
 
+	if (!dz)
+		return RDAG_ENOMEM;
 	for (int r = 0; r < batch; r++)
 		for (unsigned o = 0; o < L->dout; o++) {
 			double g = dy[r * L->dout + o], v = y[r * L->dout + o];
@@ -140,6 +143,7 @@ static void layer_bwd(const struct layer *L, const double *x, const double *y, c
 				dx[r * L->din + i] = s;
 			}
 	free(dz);
+	return 0;
 }
 
 static double mse(const double *out, const double *t, double *dout)
@@ -185,8 +189,7 @@ static int layer_node_bw(void *arg, const struct rdag_tensor *go, uint32_t n_out
 
 	(void)n_out;
 	(void)n_in;
-	layer_bwd(s->L, s->x, s->y, go[0].data, gi[0].data, gi[1].data, gi[2].data);
-	return 0;
+	return layer_bwd(s->L, s->x, s->y, go[0].data, gi[0].data, gi[1].data, gi[2].data);
 }
 
 static int loss_node_bw(void *arg, const struct rdag_tensor *go, uint32_t n_out,
@@ -230,6 +233,8 @@ static int run_layer(const struct rdag_tensor *x, double *ydata, struct rdag_ten
 	in[2].requires_grad = true;
 	mat(y, ydata, batch, me.dout);
 	rc = rdag_graph_node(graph, layer_node_bw, s, in, 3, y, 1, &node);
+	if (!rc) /* layer_bwd writes every element: the engine need not zero the buffers */
+		rc = rdag_graph_node_flags(node, RDAG_NODE_WRITES_ALL);
 	if (rc)
 		return rc;
 	y->requires_grad = true;
@@ -427,6 +432,7 @@ static int leader(void)
 		loss = mse(res.tensors[0].data, t, dout);
 		rdag_tensor_init(&lt, &loss, RDAG_F64, 0, NULL);
 		TRY(rdag_graph_node(graph, loss_node_bw, dout, &res.tensors[0], 1, &lt, 1, &node));
+		TRY(rdag_graph_node_flags(node, RDAG_NODE_WRITES_ALL));
 		lt.requires_grad = true;
 		lt.grad_kind = RDAG_GRAD_NODE;
 		lt.grad_fn.node = node;
@@ -468,7 +474,9 @@ static int leader(void)
 				double *dw = malloc(sizeof(double) * ref[s].din * ref[s].dout);
 				double *db = malloc(sizeof(double) * ref[s].dout);
 
-				layer_bwd(&ref[s], act[s], act[s + 1], grad[s + 1], s ? grad[s] : NULL, dw, db);
+				TRY(dw && db ? layer_bwd(&ref[s], act[s], act[s + 1], grad[s + 1],
+							 s ? grad[s] : NULL, dw, db)
+					     : RDAG_ENOMEM);
 				sgd(&ref[s], dw, db);
 				free(dw);
 				free(db);
