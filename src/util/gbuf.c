@@ -1,12 +1,14 @@
 /* Gradient buffers with reuse of the large ones (see gbuf.h). */
 #include <malloc.h>
 #include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "util/envsize.h"
 #include "util/gbuf.h"
+#include "util/log.h"
 
 #define GBUF_SLOTS 32
 #define DEF_LIMIT ((size_t)256 << 20)
@@ -63,7 +65,7 @@ void *gbuf_alloc(size_t nb, bool zero)
 
 	if (!nb)
 		nb = 1;
-	if (nb < GBUF_MIN)
+	if (nb < GBUF_MIN || nb > SIZE_MAX / 2) /* the second: no fit arithmetic to overflow */
 		return zero ? calloc(1, nb) : malloc(nb);
 	pthread_once(&gb.once, gbuf_init);
 	pthread_mutex_lock(&gb.lock);
@@ -136,14 +138,26 @@ void gbuf_use(bool on)
 	void *old[GBUF_SLOTS];
 	unsigned nold = 0;
 
+	struct gbuf_stats st = {0};
+	bool last;
+
 	pthread_mutex_lock(&gb.lock);
 	if (on)
 		gb.users++;
 	else if (gb.users)
 		gb.users--;
+	last = !on && !gb.users;
 	while (gb.n && !gb.users)
 		old[nold++] = take_slot(0);
+	st.hits = gb.hits;
+	st.misses = gb.misses;
+	st.dropped = gb.dropped;
+	st.limit = gb.limit;
 	pthread_mutex_unlock(&gb.lock);
+	if (last && st.hits + st.misses)
+		LOG_DEBUG("gradient buffers: %llu reused, %llu new, %llu freed for want of room "
+			  "(RDAG_GRAD_CACHE %zu bytes)", (unsigned long long)st.hits,
+			  (unsigned long long)st.misses, (unsigned long long)st.dropped, st.limit);
 	for (unsigned i = 0; i < nold; i++)
 		free(old[i]);
 }
