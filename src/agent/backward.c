@@ -317,6 +317,16 @@ static int pass_check(void *arg)
 	return atomic_load(&p->ps->aborted) ? pass_error(p->a, p->ps) : 0;
 }
 
+/* nb bytes of from in a gradient buffer of our own (NULL when out of memory). */
+static void *copy_of(const void *from, size_t nb)
+{
+	void *p = gbuf_alloc(nb, false);
+
+	if (p && nb)
+		memcpy(p, from, nb);
+	return p;
+}
+
 /*
  * *dst += *src, dst (shaped like src) made the first time: from src's buffer itself when take
  * (the engine handed it over: no copy) or when lent is given (src outlives the pass: dst points
@@ -339,24 +349,18 @@ static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take, bool
 			*lent = true;
 			return 0;
 		}
-		dst->data = gbuf_alloc(nb, false);
-		if (!dst->data)
-			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
-		if (nb)
-			memcpy(dst->data, src->data, nb);
-		return 0;
+		dst->data = copy_of(src->data, nb);
+		return dst->data ? 0 : err_set(RDAG_ENOMEM, "out of memory for a gradient");
 	}
 	if (lent && *lent) {
 		/* a second gradient: never add into a root's buffer */
-		void *p = gbuf_alloc(nb, false);
+		void *p = copy_of(dst->data, nb);
 
 		if (!p) {
 			if (take)
 				gbuf_free(src->data);
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		}
-		if (nb)
-			memcpy(p, dst->data, nb);
 		dst->data = p;
 		*lent = false;
 	}

@@ -68,6 +68,17 @@ int ag_gpu_select(rdag_agent_t *a)
 	return 0;
 }
 
+/* The path with peer, or NULL (error set) for this worker, one out of range or before open. */
+static const struct ag_gpu_path *path_to(rdag_agent_t *a, uint32_t peer, const char *who)
+{
+	if (peer >= a->world || peer == a->id || !a->gpu_path) {
+		err_set(RDAG_EINVAL, "%s: worker %u is %s", who, peer,
+			peer == a->id ? "this worker" : "not in the job");
+		return NULL;
+	}
+	return &a->gpu_path[peer];
+}
+
 int rdag_peer_info(rdag_agent_t *a, uint32_t peer, struct rdag_peer_info *out)
 {
 	uint16_t offer = 0;
@@ -75,11 +86,10 @@ int rdag_peer_info(rdag_agent_t *a, uint32_t peer, struct rdag_peer_info *out)
 
 	if (!a || !out)
 		return err_set(RDAG_EINVAL, "rdag_peer_info: NULL argument");
-	if (peer >= a->world || peer == a->id || !a->gpu_path)
-		return err_set(RDAG_EINVAL, "rdag_peer_info: worker %u is %s", peer,
-			       peer == a->id ? "this worker" : "not in the job");
+	gp = path_to(a, peer, "rdag_peer_info");
+	if (!gp)
+		return RDAG_EINVAL;
 	memset(out, 0, sizeof(*out));
-	gp = &a->gpu_path[peer];
 	out->id = peer;
 	out->name = rdag_worker_name(a, peer);
 	(void)xport_peer_offer(a->x, peer, &offer); /* peer is in range */
@@ -96,11 +106,13 @@ int rdag_peer_info(rdag_agent_t *a, uint32_t peer, struct rdag_peer_info *out)
 int agent_test_gpu_path(rdag_agent_t *a, uint32_t peer, uint16_t *peer_offer, char *why,
 			size_t whylen)
 {
-	if (peer >= a->world || peer == a->id || !a->gpu_path)
-		return err_set(RDAG_EINVAL, "agent: no GPU path to worker %u", peer);
+	const struct ag_gpu_path *gp = path_to(a, peer, "agent");
+
+	if (!gp)
+		return RDAG_EINVAL;
 	if (peer_offer)
 		(void)xport_peer_offer(a->x, peer, peer_offer); /* peer is in range */
 	if (why && whylen)
-		snprintf(why, whylen, "%s", a->gpu_path[peer].why);
-	return a->gpu_path[peer].rc ? a->gpu_path[peer].rc : (int)a->gpu_path[peer].t;
+		snprintf(why, whylen, "%s", gp->why);
+	return gp->rc ? gp->rc : (int)gp->t;
 }

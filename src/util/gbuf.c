@@ -59,6 +59,22 @@ static void *take_slot(unsigned i)
 	return p;
 }
 
+/* Moves every kept buffer into old (GBUF_SLOTS room), to be freed outside the lock. Lock held. */
+static unsigned take_all(void **old)
+{
+	unsigned nold = 0;
+
+	while (gb.n)
+		old[nold++] = take_slot(0);
+	return nold;
+}
+
+static void free_all(void **old, unsigned nold)
+{
+	for (unsigned i = 0; i < nold; i++)
+		free(old[i]);
+}
+
 void *gbuf_alloc(size_t nb, bool zero)
 {
 	void *p = NULL;
@@ -129,16 +145,13 @@ void gbuf_free(void *p)
 	gb.kept++;
 	gb.dropped += nold;
 	pthread_mutex_unlock(&gb.lock);
-	for (unsigned i = 0; i < nold; i++)
-		free(old[i]);
+	free_all(old, nold);
 }
 
 void gbuf_use(bool on)
 {
 	void *old[GBUF_SLOTS];
 	unsigned nold = 0;
-
-	struct gbuf_stats st = {0};
 	bool last;
 
 	pthread_mutex_lock(&gb.lock);
@@ -147,32 +160,31 @@ void gbuf_use(bool on)
 	else if (gb.users)
 		gb.users--;
 	last = !on && !gb.users;
-	while (gb.n && !gb.users)
-		old[nold++] = take_slot(0);
-	st.hits = gb.hits;
-	st.misses = gb.misses;
-	st.dropped = gb.dropped;
-	st.limit = gb.limit;
+	if (last)
+		nold = take_all(old);
 	pthread_mutex_unlock(&gb.lock);
-	if (last && st.hits + st.misses)
-		LOG_DEBUG("gradient buffers: %llu reused, %llu new, %llu freed for want of room "
-			  "(RDAG_GRAD_CACHE %zu bytes)", (unsigned long long)st.hits,
-			  (unsigned long long)st.misses, (unsigned long long)st.dropped, st.limit);
-	for (unsigned i = 0; i < nold; i++)
-		free(old[i]);
+	free_all(old, nold);
+	if (last) {
+		struct gbuf_stats st;
+
+		gbuf_stats(&st);
+		if (st.hits + st.misses)
+			LOG_DEBUG("gradient buffers: %llu reused, %llu new, %llu freed for want of "
+				  "room (RDAG_GRAD_CACHE %zu bytes)", (unsigned long long)st.hits,
+				  (unsigned long long)st.misses, (unsigned long long)st.dropped,
+				  st.limit);
+	}
 }
 
 void gbuf_drain(void)
 {
 	void *old[GBUF_SLOTS];
-	unsigned nold = 0;
+	unsigned nold;
 
 	pthread_mutex_lock(&gb.lock);
-	while (gb.n)
-		old[nold++] = take_slot(0);
+	nold = take_all(old);
 	pthread_mutex_unlock(&gb.lock);
-	for (unsigned i = 0; i < nold; i++)
-		free(old[i]);
+	free_all(old, nold);
 }
 
 void gbuf_stats(struct gbuf_stats *s)
