@@ -25,6 +25,7 @@
 #define SPIN_NS 20000u /* of the busy-poll window, spent spinning without yielding */
 #define DEF_IDLE_SLEEP_US 100
 #define DEF_RDV_CACHE ((size_t)64 << 20)
+#define OPEN_TIMEOUT_MIN_MS 30000
 #define EV_BATCH 32
 #define POLL_BATCH 16
 
@@ -672,8 +673,14 @@ int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, st
 		x->o.send_depth = DEF_SEND_DEPTH;
 	if (x->o.peer_timeout_ms < 10)
 		x->o.peer_timeout_ms = DEF_TIMEOUT_MS;
+	/*
+	 * Opening waits for every peer's endpoint to come up and answer, which on a loaded host
+	 * (TSan, 2 CPUs, network namespaces) took longer than a short liveness timeout such as the
+	 * fault tests' 2 s. At least 30 s then; a peer that dies meanwhile is seen by the bootstrap.
+	 */
 	if (x->o.open_timeout_ms <= 0)
-		x->o.open_timeout_ms = x->o.peer_timeout_ms;
+		x->o.open_timeout_ms = x->o.peer_timeout_ms > OPEN_TIMEOUT_MIN_MS ?
+				       x->o.peer_timeout_ms : OPEN_TIMEOUT_MIN_MS;
 	x->credits = x->o.credits < 3 ? 3 : x->o.credits > 65535 ? 65535 : x->o.credits;
 	if (x->attr->max_recv_posted &&
 	    (size_t)(x->credits + XP_EXTRA_RECV) * np > x->attr->max_recv_posted) {
