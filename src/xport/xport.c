@@ -266,7 +266,12 @@ static void timers(struct xport *x, uint64_t now)
 	if (now - x->timer_ns < x->ka_ns / 8)
 		return;
 	x->timer_ns = now;
-	for (uint32_t i = 0; i < x->world; i++) {
+	/*
+	 * While opening, a peer that finished its handshakes sits in the bootstrap barrier and
+	 * answers nothing: the open deadline and the bootstrap judge it then, not the liveness
+	 * timeout (every clock restarts when the open completes).
+	 */
+	for (uint32_t i = 0; x->open && i < x->world; i++) {
 		struct xp_peer *p = &x->peers[i];
 		uint64_t silent;
 
