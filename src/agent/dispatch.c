@@ -111,6 +111,13 @@ void ag_on_recv(void *arg, struct xport_rx *rx)
 		ag_in_free(in);
 		return;
 	}
+	if (in->inner->kind == WIRE_NCCL_ID) {
+		/* The NCCL data plane is not wired in yet (docs/gpu.md, step 4): nobody sends one. */
+		LOG_WARN("agent: worker %u sent an NCCL id (device %u), but this worker does not set up "
+			 "NCCL communicators yet: dropped", in->src, in->inner->u.nccl_id.device);
+		ag_in_free(in);
+		return;
+	}
 	if (!is_request(in->inner->kind)) {
 		ag_handle_reply(in);
 		return;

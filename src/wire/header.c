@@ -11,6 +11,7 @@ static const char *const kind_names[256] = {
 	[WIRE_HANDSHAKE] = "HANDSHAKE",
 	[WIRE_CREDIT] = "CREDIT",
 	[WIRE_EXCEPTION] = "EXCEPTION",
+	[WIRE_NCCL_ID] = "NCCL_ID",
 	[WIRE_RPC_CALL] = "RPC_CALL",
 	[WIRE_RPC_RESP] = "RPC_RESP",
 	[WIRE_RREF_CALL] = "RREF_CALL",
@@ -109,6 +110,7 @@ int wire_decode_at(const uint8_t *p, size_t len, unsigned depth, struct wire_msg
 	switch (kind) {
 	case WIRE_HANDSHAKE:
 	case WIRE_CREDIT:
+	case WIRE_NCCL_ID:
 		return wire_dec_transport(body, end, m);
 	case WIRE_EXCEPTION:
 		return wire_dec_exception(body, end, m);

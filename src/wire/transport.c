@@ -1,4 +1,5 @@
-/* Transport messages: HANDSHAKE (connection set-up) and CREDIT (flow-control credits returned). */
+/* Transport messages: HANDSHAKE (connection set-up), CREDIT (flow-control credits returned) and
+ * NCCL_ID (the unique id of a pair's NCCL communicator). */
 #include "wire/codec.h"
 
 /*
@@ -7,9 +8,11 @@
  *   32 u64 job_token | 40 u64 arena_addr | 48 u64 arena_key | 56 u64 arena_size
  *   64 u32 credits | 68 u32 max_msg
  * CREDIT body (8 bytes, message 32): 24 u32 credits | 28 u32 reserved (0)
+ * NCCL_ID body (136 bytes, message 160): 24 u32 device | 28 u32 reserved (0) | 32 u8 id[128]
  */
 #define HS_SIZE 72u
 #define CREDIT_SIZE 32u
+#define NCCL_ID_SIZE (32u + WIRE_NCCL_ID_BYTES)
 #define HS_FLAGS (WIRE_HS_ACK | WIRE_HS_ARENA_GPU | WIRE_HS_NCCL)
 
 /* The handshake's rules, shared by encoder and decoder: returns a message or NULL if valid. */
@@ -78,10 +81,40 @@ int wire_encode_credit(void *buf, size_t cap, const struct wire_env *env,
 	return 0;
 }
 
+int wire_encode_nccl_id(void *buf, size_t cap, const struct wire_env *env,
+			const struct wire_nccl_id *n, size_t *len)
+{
+	uint8_t *p = buf;
+	int rc;
+
+	if (!n->id)
+		return err_set(RDAG_EINVAL, "wire: NCCL_ID: no id bytes");
+	rc = wire_fit(WIRE_NCCL_ID, NCCL_ID_SIZE, cap, len);
+	if (rc)
+		return rc;
+	wire_put_hdr(p, WIRE_NCCL_ID, NCCL_ID_SIZE, env);
+	st32(p + 24, n->device);
+	st32(p + 28, 0);
+	memcpy(p + 32, n->id, WIRE_NCCL_ID_BYTES);
+	return 0;
+}
+
 int wire_dec_transport(const uint8_t *b, const uint8_t *end, struct wire_msg *m)
 {
 	const uint8_t *p = b - WIRE_HDR_SIZE;
 	int rc;
+
+	if (m->kind == WIRE_NCCL_ID) {
+		/* Exactly one id: shorter or longer is truncated or trailing, as for any fixed body. */
+		rc = wire_fixed(b, end, NCCL_ID_SIZE - WIRE_HDR_SIZE, m);
+		if (rc)
+			return rc;
+		m->u.nccl_id.device = ld32(p + 24);
+		m->u.nccl_id.id = p + 32;
+		if (ld32(p + 28))
+			return err_set(RDAG_EWIRE_FIELD, "wire: NCCL_ID: non-zero reserved field");
+		return 0;
+	}
 
 	if (m->kind == WIRE_CREDIT) {
 		rc = wire_fixed(b, end, CREDIT_SIZE - WIRE_HDR_SIZE, m);

@@ -80,6 +80,7 @@
 #define WIRE_MAX_EVENTS 65536u     /* profiling events in one RUN_WITH_PROFILING_RESP */
 #define WIRE_MAX_NAME 4096u        /* bytes of a function or profiling-event name */
 #define WIRE_MAX_TEXT 65536u       /* bytes of an exception's error text */
+#define WIRE_NCCL_ID_BYTES 128u    /* an ncclUniqueId (NCCL_UNIQUE_ID_BYTES) */
 
 /* Message kinds (u8 on the wire). Requests and their responses are matched by env.req_id. */
 enum wire_kind {
@@ -87,6 +88,7 @@ enum wire_kind {
 	WIRE_HANDSHAKE = 0x01,         /* connection set-up, both directions */
 	WIRE_CREDIT = 0x02,            /* flow-control credits returned */
 	WIRE_EXCEPTION = 0x03,         /* error reply to any request */
+	WIRE_NCCL_ID = 0x04,           /* an NCCL unique id for the pair's communicator (one way) */
 	/* inner RPC messages */
 	WIRE_RPC_CALL = 0x10,          /* user function call */
 	WIRE_RPC_RESP = 0x11,          /* its reply (also the reply of WIRE_RREF_CALL) */
@@ -266,6 +268,12 @@ struct wire_credit {
 	uint32_t credits;              /* returned on top of the header's piggybacked credits */
 };
 
+/* NCCL_ID: the bytes of an ncclUniqueId the sender made for the communicator of this pair. */
+struct wire_nccl_id {
+	uint32_t device;               /* the sender's CUDA device ordinal for the communicator */
+	const uint8_t *id;             /* WIRE_NCCL_ID_BYTES bytes (a view into the message) */
+};
+
 struct wire_exception {
 	int32_t code;                  /* negative RDAG_E* code */
 	uint16_t origin;               /* worker on which the error happened */
@@ -377,6 +385,7 @@ struct wire_msg {
 	union {
 		struct wire_handshake hs;          /* HANDSHAKE */
 		struct wire_credit credit;         /* CREDIT */
+		struct wire_nccl_id nccl_id;       /* NCCL_ID */
 		struct wire_exception exc;         /* EXCEPTION */
 		struct wire_call_view call;        /* RPC_CALL, RREF_CALL */
 		struct wire_resp_view resp;        /* RPC_RESP, RREF_FETCH_RESP */
@@ -448,6 +457,9 @@ int wire_encode_handshake(void *buf, size_t cap, const struct wire_env *env,
 			  const struct wire_handshake *hs, size_t *len);
 int wire_encode_credit(void *buf, size_t cap, const struct wire_env *env,
 		       const struct wire_credit *c, size_t *len);
+/* NCCL_ID: n->id must hold WIRE_NCCL_ID_BYTES bytes. */
+int wire_encode_nccl_id(void *buf, size_t cap, const struct wire_env *env,
+			const struct wire_nccl_id *n, size_t *len);
 int wire_encode_exception(void *buf, size_t cap, const struct wire_env *env,
 			  const struct wire_exception *e, size_t *len);
 

@@ -13,7 +13,7 @@ struct fuzz_family {
 };
 
 static const struct fuzz_family fuzz_families[] = {
-	{"transport", {WIRE_HANDSHAKE, WIRE_CREDIT}, 2},
+	{"transport", {WIRE_HANDSHAKE, WIRE_CREDIT, WIRE_NCCL_ID}, 3},
 	{"exception", {WIRE_EXCEPTION}, 1},
 	{"rpc", {WIRE_RPC_CALL, WIRE_RPC_RESP, WIRE_RDV_ANSWER, WIRE_RDV_DONE}, 4},
 	{"rref", {WIRE_RREF_CALL, WIRE_RREF_FETCH_REQ, WIRE_RREF_FETCH_RESP, WIRE_RREF_DELETE,

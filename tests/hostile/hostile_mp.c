@@ -532,8 +532,9 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 	}
 	/*
 	 * 7. Transport messages it has no business sending: an RDV_DONE for a token worker 1 never
-	 * gave, and a CREDIT returning 65535 credits it never took (only its own link can suffer).
-	 * Neither is answered; worker 1 must still answer the rogue's next request.
+	 * gave, a CREDIT returning 65535 credits it never took (only its own link can suffer), and
+	 * an NCCL_ID nobody asked for. None is answered; worker 1 must still answer the rogue's next
+	 * request.
 	 */
 	{
 		struct wire_env env = {.req_id = 0xdeadbeefull, .src = (uint16_t)h->rank};
@@ -552,6 +553,17 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 		if (!rc)
 			CHECK(h, xport_test_send_raw(h->x, 1, msg, n, rogue_done_cb, NULL) == 0,
 			      "CREDIT: %s", rdag_last_error());
+		{
+			uint8_t id[WIRE_NCCL_ID_BYTES];
+
+			memset(id, 0x5a, sizeof(id));
+			rc = wire_encode_nccl_id(msg, sizeof(msg), &env,
+						 &(struct wire_nccl_id){.device = 0, .id = id}, &n);
+			CHECK(h, rc == 0, "encoding NCCL_ID: %s", rdag_last_error());
+			if (!rc)
+				CHECK(h, xport_test_send_raw(h->x, 1, msg, n, rogue_done_cb, NULL) == 0,
+				      "NCCL_ID: %s", rdag_last_error());
+		}
 		f32_desc(&t, &g);
 		n = grad_req(h, msg, sizeof(msg), 530, d, mc, &t);
 		if (!send_and_wait(h, 1, 530, msg, n, "a request after the forgeries"))

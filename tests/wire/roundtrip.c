@@ -60,6 +60,9 @@ int rt_reencode(const struct wire_msg *m, void *out, size_t cap, size_t *len)
 		return wire_encode_handshake(out, cap, env, &m->u.hs, len);
 	case WIRE_CREDIT:
 		return wire_encode_credit(out, cap, env, &m->u.credit, len);
+	case WIRE_NCCL_ID:
+		touch(m->u.nccl_id.id, WIRE_NCCL_ID_BYTES);
+		return wire_encode_nccl_id(out, cap, env, &m->u.nccl_id, len);
 	case WIRE_EXCEPTION:
 		return wire_encode_exception(out, cap, env, &m->u.exc, len);
 	case WIRE_RPC_CALL:

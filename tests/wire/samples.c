@@ -13,7 +13,7 @@
 #define NMANY 300u
 
 enum sample_id {
-	S_HS_MIN, S_HS_MAX, S_CREDIT_0, S_CREDIT_MAX,
+	S_HS_MIN, S_HS_MAX, S_CREDIT_0, S_CREDIT_MAX, S_NCCL_ID_0, S_NCCL_ID_MAX,
 	S_EXC_EMPTY, S_EXC_TEXT, S_EXC_LONG,
 	S_CALL_EMPTY, S_CALL_FULL, S_CALL_LONGNAME, S_RESP_EMPTY, S_RESP_FULL,
 	S_RREF_CALL_0, S_RREF_CALL_MAX, S_FETCH_REQ_0, S_FETCH_REQ_MAX, S_FETCH_RESP, S_DELETE,
@@ -30,6 +30,7 @@ enum sample_id {
 static const char *const names[S_COUNT] = {
 	[S_HS_MIN] = "handshake_min", [S_HS_MAX] = "handshake_max",
 	[S_CREDIT_0] = "credit_0", [S_CREDIT_MAX] = "credit_max",
+	[S_NCCL_ID_0] = "nccl_id_0", [S_NCCL_ID_MAX] = "nccl_id_max",
 	[S_EXC_EMPTY] = "exception_empty", [S_EXC_TEXT] = "exception_text",
 	[S_EXC_LONG] = "exception_longest",
 	[S_CALL_EMPTY] = "rpc_call_empty", [S_CALL_FULL] = "rpc_call_tensors",
@@ -244,6 +245,17 @@ int sample_encode(unsigned i, void *buf, size_t cap, size_t *len)
 		return wire_encode_credit(buf, cap, &env_zero, &(struct wire_credit){0}, len);
 	case S_CREDIT_MAX:
 		return wire_encode_credit(buf, cap, &env_max, &(struct wire_credit){UINT32_MAX}, len);
+	case S_NCCL_ID_0:
+	case S_NCCL_ID_MAX: {
+		uint8_t id[WIRE_NCCL_ID_BYTES];
+
+		/* An id is opaque: all zeros, or every byte value in turn. */
+		for (unsigned k = 0; k < sizeof(id); k++)
+			id[k] = i == S_NCCL_ID_0 ? 0 : (uint8_t)(0xff - k);
+		return wire_encode_nccl_id(buf, cap, i == S_NCCL_ID_0 ? &env_zero : &env_max,
+					   &(struct wire_nccl_id){i == S_NCCL_ID_0 ? 0 : UINT32_MAX, id},
+					   len);
+	}
 	case S_EXC_EMPTY:
 		return wire_encode_exception(buf, cap, &env_zero,
 					     &(struct wire_exception){-1, 0, {NULL, 0}}, len);
