@@ -26,9 +26,12 @@ struct ag_job {
 
 struct ag_pool {
 	pthread_mutex_t lock;
-	pthread_cond_t cond;       /* handler threads: a job came (or, for helpers, their flag) */
+	pthread_cond_t cond;       /* idle handler threads: a job came */
+	pthread_cond_t hcond;      /* handler threads inside pool_wait_flag: their flag, or a job */
 	pthread_cond_t wcond;      /* other threads waiting for a flag */
-	int helpers_waiting;       /* handler threads inside pool_wait_flag */
+	int idle;                  /* handler threads waiting on cond */
+	int idle_signaled;         /* of them, signalled and not yet awake */
+	int helpers_waiting;       /* handler threads waiting on hcond */
 	struct ag_job *head, *tail;
 	bool stop;
 	int nthreads;

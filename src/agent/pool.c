@@ -47,7 +47,11 @@ static void *thread_main(void *arg)
 		}
 		if (p->stop)
 			break;
+		p->idle++;
 		pthread_cond_wait(&p->cond, &p->lock);
+		p->idle--;
+		if (p->idle_signaled > 0)
+			p->idle_signaled--;
 	}
 	pthread_mutex_unlock(&p->lock);
 	return NULL;
@@ -58,6 +62,7 @@ int pool_start(struct ag_pool *p, int nthreads, const char *name)
 	memset(p, 0, sizeof(*p));
 	pthread_mutex_init(&p->lock, NULL);
 	pthread_cond_init(&p->cond, NULL);
+	pthread_cond_init(&p->hcond, NULL);
 	pthread_cond_init(&p->wcond, NULL);
 	atomic_init(&p->busy, 0);
 	p->threads = calloc((size_t)nthreads, sizeof(*p->threads));
@@ -88,12 +93,14 @@ void pool_stop(struct ag_pool *p)
 	pthread_mutex_lock(&p->lock);
 	p->stop = true;
 	pthread_cond_broadcast(&p->cond);
+	pthread_cond_broadcast(&p->hcond);
 	pthread_mutex_unlock(&p->lock);
 	for (int i = 0; i < p->nthreads; i++)
 		pthread_join(p->threads[i], NULL);
 	free(p->threads);
 	p->threads = NULL;
 	pthread_cond_destroy(&p->cond);
+	pthread_cond_destroy(&p->hcond);
 	pthread_cond_destroy(&p->wcond);
 	pthread_mutex_destroy(&p->lock);
 }
@@ -108,11 +115,17 @@ void pool_push(struct ag_pool *p, struct ag_job *j)
 	else
 		p->head = j;
 	p->tail = j;
-	/* One idle thread is enough, unless handlers wait for nested calls: any of them may take it. */
-	if (p->helpers_waiting)
-		pthread_cond_broadcast(&p->cond);
-	else
+	/*
+	 * One thread is enough: an idle one, else one of the handlers waiting for a nested call
+	 * (they run jobs while they wait, so all threads being such helpers cannot starve it).
+	 * Waking every helper as well made each job wake all of them, for one to take it.
+	 */
+	if (p->idle > p->idle_signaled) {
 		pthread_cond_signal(&p->cond);
+		p->idle_signaled++;
+	} else if (p->helpers_waiting) {
+		pthread_cond_signal(&p->hcond);
+	}
 	pthread_mutex_unlock(&p->lock);
 }
 
@@ -127,7 +140,7 @@ void pool_kick(struct ag_pool *p)
 	pthread_mutex_lock(&p->lock);
 	pthread_cond_broadcast(&p->wcond);
 	if (p->helpers_waiting)
-		pthread_cond_broadcast(&p->cond);
+		pthread_cond_broadcast(&p->hcond);
 	pthread_mutex_unlock(&p->lock);
 }
 
@@ -190,7 +203,7 @@ int pool_wait_either(struct ag_pool *p, atomic_bool *flag, atomic_bool *or2, int
 				deadline_of(&ts, ms);
 				if (helper)
 					p->helpers_waiting++;
-				rc = pthread_cond_timedwait(helper ? &p->cond : &p->wcond, &p->lock, &ts);
+				rc = pthread_cond_timedwait(helper ? &p->hcond : &p->wcond, &p->lock, &ts);
 				if (helper)
 					p->helpers_waiting--;
 				if (rc == ETIMEDOUT && ag_now_ns() >= end)
