@@ -647,7 +647,15 @@ void sc_workers(struct am_worker *w)
 				      "GPU path to %d: %d (%s), offer 0x%x; want %d, no offer", i, rc, why,
 				      offer, ginit);
 			} else {
+				/* set by the tests that know what this host must choose */
+				const char *path = getenv("RDAG_TEST_GPU_PATH");
+
 				CHECK(w, rc >= 0 && why[0], "GPU path to %d: %d (%s)", i, rc, why);
+				if (path)
+					CHECK(w, strcmp(gpu_transport_name((enum gpu_transport)rc),
+							path) == 0,
+					      "GPU path to %d: %s (%s), want %s", i,
+					      gpu_transport_name((enum gpu_transport)rc), why, path);
 			}
 			/* the public view says the same */
 			{

@@ -630,6 +630,92 @@ static void ofi_cuda_registration(void **state)
 	in_child(child_ofi_hmem);
 }
 
+#ifdef SIM_CUDA
+/*
+ * The simulated driver (tests/gpu/sim_cuda.c): two devices whose memory the host cannot touch.
+ * What rdag's own code does with device memory runs for real: classification, copies, buffer
+ * identity across a free and a reallocation at the same address, the device registration cache
+ * with the driver's buffer ids, refusals.
+ */
+static void child_sim_driver(void)
+{
+	struct rcache_dev_attr a = {.ident = gpu_rcache_ident, .reg = fake_reg, .dereg = fake_dereg};
+	struct fake_dev f = {0};
+	struct gpu_device_info di;
+	struct gpu_ptr_info pi, pi2;
+	struct rcache_dev *c;
+	struct rcache_dev_reg *r1, *r2;
+	struct rcache_dev_stats st;
+	uint8_t host[8192], back[8192];
+	struct gpu_info gi;
+	void *d, *d2;
+	uint64_t id1, off;
+	int fd;
+
+	setenv("RDAG_CUDA_LIBRARY", SIM_CUDA, 1);
+	CHILD_CHECK(gpu_probe(&gi) == 0 && gi.driver_loaded && gi.ndevices == 2);
+	CHILD_CHECK(gpu_device_query(1, &di) == 0 && strcmp(di.name, "rdag simulated GPU 1") == 0);
+	CHILD_CHECK(!di.dmabuf_supported && !di.gdr_supported && di.total_mem == (size_t)1 << 30);
+	CHILD_CHECK(gpu_device_query(2, &di) == RDAG_ENOGPU);
+	CHILD_CHECK(strstr(rdag_last_error(), "no GPU device 2 (2 present)") != NULL);
+	CHILD_CHECK(gpu_dmabuf_supported(0) == 0);
+
+	CHILD_CHECK(gpu_mem_alloc(1, sizeof(host), &d) == 0 && d != NULL);
+	CHILD_CHECK(gpu_ptr_classify((uint8_t *)d + 100, &pi) == 0);
+	CHILD_CHECK(pi.type == GPU_MEM_DEVICE && pi.device == 1 && pi.buffer_id != 0);
+	CHILD_CHECK(pi.base == (uintptr_t)d && pi.size == sizeof(host));
+	CHILD_CHECK(gpu_ptr_classify(host, &pi2) == 0 && pi2.type == GPU_MEM_HOST && pi2.device == -1);
+	id1 = pi.buffer_id;
+	for (size_t i = 0; i < sizeof(host); i++)
+		host[i] = (uint8_t)(i * 7 + 1);
+	CHILD_CHECK(gpu_memcpy_htod(d, host, sizeof(host)) == 0);
+	CHILD_CHECK(gpu_memset((uint8_t *)d + 4096, 0xee, 16) == 0);
+	memset(host + 4096, 0xee, 16);
+	CHILD_CHECK(gpu_memcpy_dtoh(back, d, sizeof(back)) == 0 && memcmp(back, host, sizeof(host)) == 0);
+	/* Host memory where device memory is wanted, and the other way round: refused, named. */
+	CHILD_CHECK(gpu_memcpy_htod(back, host, 16) == RDAG_EINVAL);
+	CHILD_CHECK(strstr(rdag_last_error(), "is not device memory") != NULL);
+	CHILD_CHECK(gpu_memcpy_dtoh(back, host, 16) == RDAG_EINVAL);
+	/* No dma-buf in this driver: the driver's "not supported" comes back as RDAG_ENOSYS. */
+	CHILD_CHECK(gpu_dmabuf_get(d, 4096, &fd, &off) == RDAG_ENOSYS);
+	CHILD_CHECK(strstr(rdag_last_error(), "cuMemGetHandleForAddressRange") != NULL);
+
+	/* The device registration cache on the driver's buffer ids. */
+	a.ident_arg = NULL;
+	a.arg = &f;
+	CHILD_CHECK(rcache_dev_create(&a, &c) == 0);
+	CHILD_CHECK(rcache_dev_lookup(c, d, 4096, FAB_ACCESS_REMOTE_WRITE, &r1) == 0);
+	CHILD_CHECK(r1->key.buffer_id == id1 && r1->key.device == 1);
+	rcache_dev_release(c, r1);
+	CHILD_CHECK(rcache_dev_lookup(c, (uint8_t *)d + 16, 64, FAB_ACCESS_REMOTE_WRITE, &r2) == 0);
+	CHILD_CHECK(r2 == r1);
+	rcache_dev_release(c, r2);
+	CHILD_CHECK(rcache_dev_lookup(c, host, 64, FAB_ACCESS_LOCAL, &r2) == RDAG_EINVAL);
+	/* Freed and allocated again: a new buffer id, whatever address the driver hands out. */
+	gpu_mem_free(d);
+	CHILD_CHECK(gpu_mem_alloc(1, sizeof(host), &d2) == 0);
+	CHILD_CHECK(gpu_ptr_classify(d2, &pi2) == 0 && pi2.buffer_id != id1);
+	CHILD_CHECK(rcache_dev_lookup(c, d2, 4096, FAB_ACCESS_REMOTE_WRITE, &r2) == 0);
+	CHILD_CHECK(r2->key.buffer_id == pi2.buffer_id);
+	rcache_dev_get_stats(c, &st);
+	CHILD_CHECK(st.hits == 1 && st.misses == 2);
+	if (d2 == d) /* the same address came back: the old registration was stale */
+		CHILD_CHECK(st.stale_drops == 1 && f.deregs == 1);
+	rcache_dev_release(c, r2);
+	CHILD_CHECK(rcache_dev_destroy(c) == 0 && f.regs == f.deregs);
+	printf("simulated driver: reallocation %s the address\n", d2 == d ? "reused" : "moved");
+	gpu_mem_free(d2);
+	/* With a device present, host memory offered to ofi as CUDA memory is refused by rdag. */
+	child_ofi_hmem();
+}
+
+static void sim_driver(void **state)
+{
+	(void)state;
+	in_child(child_sim_driver);
+}
+#endif
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -648,6 +734,9 @@ int main(void)
 		cmocka_unit_test(nccl_missing),
 		cmocka_unit_test(nccl_loads_here),
 		cmocka_unit_test(ofi_cuda_registration),
+#ifdef SIM_CUDA
+		cmocka_unit_test(sim_driver),
+#endif
 	};
 
 	return cmocka_run_group_tests(tests, NULL, NULL);
