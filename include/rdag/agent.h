@@ -92,6 +92,17 @@ struct rdag_peer_info {
  */
 RDAG_API int rdag_peer_info(rdag_agent_t *a, uint32_t peer, struct rdag_peer_info *out);
 
+/*
+ * Where this worker's CUDA tensors land on worker peer, as PyTorch's RPC device maps:
+ * map[i] is peer's device for this worker's device i, -1 for none; n entries (at most 64;
+ * 0 clears the map). A CUDA tensor sent to peer (call arguments, replies) without an entry for
+ * its device is refused with RDAG_EINVAL; with one it arrives on the mapped device. Until
+ * GPUDirect RDMA and NCCL carry tensors, the bytes travel through host memory (docs/gpu.md).
+ * RDAG_ENOGPU (or gpu_init's code) when a mapped local device does not exist. peer may be this
+ * worker (calls to itself). Thread-safe.
+ */
+RDAG_API int rdag_agent_set_device_map(rdag_agent_t *a, uint32_t peer, const int *map, uint32_t n);
+
 /* The progress mode in force (enum rdag_progress_mode). Thread-safe. */
 RDAG_API int rdag_agent_progress_mode(const rdag_agent_t *a);
 

@@ -173,6 +173,8 @@ static void agent_free(rdag_agent_t *a)
 	pthread_mutex_destroy(&a->pend_lock);
 	pthread_mutex_destroy(&a->rref_lock);
 	pthread_mutex_destroy(&a->prof_lock);
+	pthread_mutex_destroy(&a->devmap_lock);
+	free(a->devmap);
 	boot_close(a->b);
 	free(a->gpu_path);
 	free(a);
@@ -215,6 +217,7 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	pthread_mutex_init(&a->pend_lock, NULL);
 	pthread_mutex_init(&a->rref_lock, NULL);
 	pthread_mutex_init(&a->prof_lock, NULL);
+	pthread_mutex_init(&a->devmap_lock, NULL);
 	gbuf_use(true); /* large gradient buffers are kept for reuse while an agent is open */
 	atomic_init(&a->next_req, 1);
 	atomic_init(&a->next_rref, 0);

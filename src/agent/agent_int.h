@@ -17,6 +17,8 @@
 
 struct boot;
 
+#define AG_MAX_DEVICES 64 /* CUDA ordinals a device map can name */
+
 /* ---- handler pool (pool.c) ----------------------------------------------------------------- */
 
 struct ag_job {
@@ -114,6 +116,7 @@ struct ag_out {
 	struct xport_tensor *tensors;
 	/* owned memory freed with the message */
 	void *own[4];
+	void **staged;             /* [ntensors] host copies of device tensors (gbuf), or NULL */
 };
 
 int ag_encode(void *arg, void *buf, size_t cap, const struct wire_env *env,
@@ -231,7 +234,20 @@ struct rdag_agent {
 	struct rdag_engine engine; /* the local autograd engine */
 	struct gpu_side_caps gpu_local; /* what this worker has (ag_gpu_offer) */
 	struct ag_gpu_path *gpu_path;   /* [world]: the GPU data path with each peer (ag_gpu_select) */
+	pthread_mutex_t devmap_lock;
+	int16_t (*devmap)[AG_MAX_DEVICES]; /* [world][local device]: the peer's device, -1: none */
 };
+
+/*
+ * Device tensors (gpu_path.c). A CUDA tensor leaves as host bytes staged from the device, with
+ * the destination device of the sender's device map in its descriptor; the receiver lands it in
+ * a device buffer of that device, freed with the message.
+ */
+int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o);
+/* t from rt, landed on its device first for a CUDA descriptor (rt->dev). */
+int ag_tensor_land(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t index);
+/* Frees what ag_tensor_land made for rx's tensors. */
+void ag_rx_unland(struct xport_rx *rx);
 
 /* The GPU data path chosen with one peer (gpu_path.c). */
 struct ag_gpu_path {

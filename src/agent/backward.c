@@ -848,7 +848,10 @@ void ag_serve_backward(struct ag_job *j)
 		roots[i].edge.node = e->node;
 		roots[i].edge.input_nr = e->input_nr;
 		ag_tensor_from_rx(&roots[i].grad, &in->rx->tensors[i]);
-		if (roots[i].grad.dtype != e->meta.dtype)
+		if (roots[i].grad.device_type != RDAG_DEV_CPU)
+			rc = err_set(RDAG_EINVAL, "worker %u: gradient %u is a device tensor, and its "
+				     "send function records no device gradients", a->id, i);
+		else if (roots[i].grad.dtype != e->meta.dtype)
 			rc = err_set(RDAG_EINVAL, "worker %u: gradient %u is of dtype %u, its tensor of "
 				     "dtype %u", a->id, i, roots[i].grad.dtype, e->meta.dtype);
 	}

@@ -9,6 +9,7 @@
 #include "bootstrap/boot.h"
 #include "gpu/gpu.h"
 #include "util/err.h"
+#include "util/gbuf.h"
 #include "util/log.h"
 
 uint16_t ag_gpu_offer(rdag_agent_t *a)
@@ -115,4 +116,140 @@ int agent_test_gpu_path(rdag_agent_t *a, uint32_t peer, uint16_t *peer_offer, ch
 	if (why && whylen)
 		snprintf(why, whylen, "%s", gp->why);
 	return gp->rc ? gp->rc : (int)gp->t;
+}
+
+/* ---- device maps and host staging ------------------------------------------------------------ */
+
+int rdag_agent_set_device_map(rdag_agent_t *a, uint32_t peer, const int *map, uint32_t n)
+{
+	int rc;
+
+	if (!a || (n && !map))
+		return err_set(RDAG_EINVAL, "rdag_agent_set_device_map: NULL argument");
+	if (peer >= a->world)
+		return err_set(RDAG_EINVAL, "rdag_agent_set_device_map: worker %u is not in the job "
+			       "(%u workers)", peer, a->world);
+	if (n > AG_MAX_DEVICES)
+		return err_set(RDAG_EINVAL, "rdag_agent_set_device_map: %u entries (at most %u)", n,
+			       AG_MAX_DEVICES);
+	for (uint32_t i = 0; i < n; i++) {
+		if (map[i] < -1 || map[i] >= AG_MAX_DEVICES)
+			return err_set(RDAG_EINVAL, "rdag_agent_set_device_map: device %u maps to %d "
+				       "(-1, or 0..%d)", i, map[i], AG_MAX_DEVICES - 1);
+		if (map[i] < 0)
+			continue;
+		rc = gpu_init();
+		if (rc)
+			return err_set(rc, "rdag_agent_set_device_map: %s", rdag_last_error());
+		if (i >= (uint32_t)a->gpu_local.ndevices)
+			return err_set(RDAG_ENOGPU, "rdag_agent_set_device_map: this worker has no CUDA "
+				       "device %u (%d present)", i, a->gpu_local.ndevices);
+	}
+	pthread_mutex_lock(&a->devmap_lock);
+	if (!a->devmap) {
+		a->devmap = malloc(a->world * sizeof(*a->devmap));
+		if (!a->devmap) {
+			pthread_mutex_unlock(&a->devmap_lock);
+			return err_set(RDAG_ENOMEM, "rdag_agent_set_device_map: out of memory");
+		}
+		memset(a->devmap, -1, a->world * sizeof(*a->devmap));
+	}
+	memset(a->devmap[peer], -1, sizeof(a->devmap[peer]));
+	for (uint32_t i = 0; i < n; i++)
+		a->devmap[peer][i] = (int16_t)map[i];
+	pthread_mutex_unlock(&a->devmap_lock);
+	return 0;
+}
+
+/* The device of dst that local device dev maps to, or -1. */
+static int mapped(rdag_agent_t *a, uint32_t dst, unsigned dev)
+{
+	int to = -1;
+
+	if (dev >= AG_MAX_DEVICES)
+		return -1;
+	pthread_mutex_lock(&a->devmap_lock);
+	if (a->devmap)
+		to = a->devmap[dst][dev];
+	pthread_mutex_unlock(&a->devmap_lock);
+	return to;
+}
+
+int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o)
+{
+	for (uint32_t i = 0; i < o->ntensors; i++) {
+		struct xport_tensor *t = &o->tensors[i];
+		uint64_t nb = t->desc.nbytes;
+		struct gpu_ptr_info pi;
+		int to, rc;
+		void *h;
+
+		if (t->desc.dev_type != WIRE_DEV_CUDA || t->staged)
+			continue;
+		to = mapped(a, dst, t->desc.dev_index);
+		if (to < 0)
+			return err_set(RDAG_EINVAL, "tensor %u is on CUDA device %u, which has no device "
+				       "map entry towards worker %u (%s): set one with "
+				       "rdag_agent_set_device_map, or move the tensor to the CPU", i,
+				       t->desc.dev_index, dst, boot_name(a->b, dst));
+		if (nb) {
+			rc = gpu_ptr_classify(t->data, &pi);
+			if (rc)
+				return rc;
+			if (pi.type != GPU_MEM_DEVICE || pi.device != (int)t->desc.dev_index ||
+			    (uintptr_t)t->data - pi.base > pi.size ||
+			    nb > pi.size - ((uintptr_t)t->data - pi.base))
+				return err_set(RDAG_EINVAL, "tensor %u says CUDA device %u, but its %llu "
+					       "bytes at %p are not in one allocation of that device", i,
+					       t->desc.dev_index, (unsigned long long)nb, t->data);
+			if (!o->staged && !(o->staged = calloc(o->ntensors, sizeof(*o->staged))))
+				return err_set(RDAG_ENOMEM, "out of memory staging device tensors");
+			h = gbuf_alloc(nb, false);
+			if (!h)
+				return err_set(RDAG_ENOMEM, "out of memory staging %llu bytes of tensor %u",
+					       (unsigned long long)nb, i);
+			o->staged[i] = h;
+			rc = gpu_memcpy_dtoh(h, t->data, nb);
+			if (rc)
+				return rc;
+			t->data = h;
+		}
+		t->desc.dev_index = (uint16_t)to;
+		t->staged = true;
+	}
+	return 0;
+}
+
+int ag_tensor_land(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t index)
+{
+	uint64_t nb = rt->desc.nbytes;
+	int rc;
+
+	ag_tensor_from_rx(t, rt);
+	if (rt->desc.dev_type != WIRE_DEV_CUDA)
+		return 0;
+	if (!rt->dev && nb) {
+		if (!rt->data)
+			return err_set(RDAG_EINVAL, "tensor %u for CUDA device %u came without its bytes",
+				       index, rt->desc.dev_index);
+		rc = gpu_mem_alloc(rt->desc.dev_index, nb, &rt->dev);
+		if (!rc)
+			rc = gpu_memcpy_htod(rt->dev, rt->data, nb);
+		if (rc) {
+			gpu_mem_free(rt->dev);
+			rt->dev = NULL;
+			return err_set(rc, "tensor %u for CUDA device %u: %s", index,
+				       rt->desc.dev_index, rdag_last_error());
+		}
+	}
+	t->data = rt->dev;
+	return 0;
+}
+
+void ag_rx_unland(struct xport_rx *rx)
+{
+	for (uint32_t i = 0; i < rx->ntensors; i++) {
+		gpu_mem_free(rx->tensors[i].dev);
+		rx->tensors[i].dev = NULL;
+	}
 }

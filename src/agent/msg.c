@@ -5,6 +5,7 @@
 
 #include "agent/agent_int.h"
 #include "util/err.h"
+#include "util/gbuf.h"
 #include "util/log.h"
 
 /* Encodes the innermost message of o at buf (zero env: it is wrapped) or with env (top level). */
@@ -105,6 +106,11 @@ void ag_out_free(struct ag_out *o)
 		return;
 	for (unsigned i = 0; i < sizeof(o->own) / sizeof(o->own[0]); i++)
 		free(o->own[i]);
+	if (o->staged) {
+		for (uint32_t i = 0; i < o->ntensors; i++)
+			gbuf_free(o->staged[i]);
+		free(o->staged);
+	}
 	if (o->events) {
 		for (uint32_t i = 0; i < o->nevents; i++)
 			free((void *)o->events[i].name.ptr);
@@ -125,9 +131,15 @@ int ag_desc_from_tensor(struct wire_tensor *d, const struct rdag_tensor *t, uint
 	if (t->ndim > WIRE_MAX_RANK)
 		return err_set(RDAG_EINVAL, "tensor %u: %u dims (limit %u)", index, t->ndim,
 			       WIRE_MAX_RANK);
-	if (t->device_type != RDAG_DEV_CPU)
-		return err_set(RDAG_ENOSYS, "tensor %u: only CPU tensors can be sent by this build",
-			       index);
+	if (t->device_type != RDAG_DEV_CPU && t->device_type != RDAG_DEV_CUDA)
+		return err_set(RDAG_EINVAL, "tensor %u: unknown device type %u", index,
+			       t->device_type);
+	if (t->device_type == RDAG_DEV_CUDA && !gpu_built())
+		return err_set(RDAG_ENOCUDA, "tensor %u is on CUDA device %u: rdag was built without "
+			       "CUDA", index, t->device_index);
+	if (t->device_type == RDAG_DEV_CUDA && t->device_index >= AG_MAX_DEVICES)
+		return err_set(RDAG_EINVAL, "tensor %u: CUDA device %u (at most %u)", index,
+			       t->device_index, AG_MAX_DEVICES - 1);
 	for (unsigned i = 0; i < t->ndim; i++) {
 		if (t->shape[i] < 0)
 			return err_set(RDAG_EINVAL, "tensor %u: negative dim %u", index, i);
@@ -250,6 +262,7 @@ void ag_rx_release(rdag_agent_t *a, struct xport_rx *rx, bool loop)
 {
 	if (!rx)
 		return;
+	ag_rx_unland(rx);
 	if (loop) {
 		struct loop_rx *l = (struct loop_rx *)rx;
 
@@ -264,8 +277,10 @@ void ag_rx_release(rdag_agent_t *a, struct xport_rx *rx, bool loop)
 int ag_send(rdag_agent_t *a, uint32_t dst, uint64_t req_id, struct ag_out *o,
 	    xport_done_fn done, void *done_arg)
 {
-	int rc;
+	int rc = ag_stage_out(a, dst, o);
 
+	if (rc)
+		return rc;
 	if (dst == a->id) {
 		rc = loopback(a, req_id, o);
 		if (rc == 0)

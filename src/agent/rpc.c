@@ -319,14 +319,27 @@ static void meta_from_tensor(struct ctx_tmeta *m, const struct rdag_tensor *t)
 	memcpy(m->shape, t->shape, m->ndim * sizeof(m->shape[0]));
 }
 
+/* Autograd through device tensors needs device-side accumulation: refused until it exists. */
+static int no_device_grad(const struct rdag_tensor *t, uint32_t n)
+{
+	for (uint32_t i = 0; i < n; i++)
+		if (t[i].requires_grad && t[i].device_type != RDAG_DEV_CPU)
+			return err_set(RDAG_ENOSYS, "tensor %u is on CUDA device %u and requires grad: "
+				       "distributed autograd through device tensors is not supported yet "
+				       "(docs/gpu.md)", i, t[i].device_index);
+	return 0;
+}
+
 /* addSendRpcBackward: a send function with one edge per tensor that requires grad. */
 static int record_send(struct ctx *c, uint16_t dst, uint64_t msg_id, const struct rdag_tensor *t,
 		       uint32_t n)
 {
 	uint32_t rg = 0, k = 0;
 	struct ctx_sendfn *fn;
-	int rc;
+	int rc = no_device_grad(t, n);
 
+	if (rc)
+		return rc;
 	for (uint32_t i = 0; i < n; i++)
 		rg += t[i].requires_grad;
 	if (!rg)
@@ -362,8 +375,10 @@ static int record_recv(struct ctx *c, const struct ag_in *in, struct rdag_tensor
 {
 	uint32_t rg = 0;
 	struct ctx_recvfn *fn;
-	int rc;
+	int rc = no_device_grad(t, n);
 
+	if (rc)
+		return rc;
 	for (uint32_t i = 0; i < n; i++)
 		rg += t[i].requires_grad;
 	if (!rg)
@@ -732,8 +747,14 @@ void ag_handle_reply(struct ag_in *in)
 					   false);
 			goto out;
 		}
-		for (uint32_t i = 0; i < n; i++)
-			ag_tensor_from_rx(&f->tensors[i], &in->rx->tensors[i]);
+		for (uint32_t i = 0; i < n && !rc; i++)
+			rc = ag_tensor_land(&f->tensors[i], &in->rx->tensors[i], i);
+		if (rc) {
+			snprintf(text, sizeof(text), "worker %u: the reply of worker %u: %s", a->id,
+				 in->src, rdag_last_error());
+			ag_future_complete(f, rc, text, NULL, false);
+			goto out;
+		}
 	}
 	if (in->has_fwd && f->wrapped) {
 		struct ctx *c = ctxmgr_get(&a->cm, f->ctx_id);
@@ -1051,8 +1072,12 @@ void ag_serve(struct ag_job *j)
 		goto fail;
 	}
 	r->a = a;
-	for (uint32_t i = 0; i < n; i++)
-		ag_tensor_from_rx(&ts[i], &in->rx->tensors[i]);
+	for (uint32_t i = 0; i < n && !rc; i++)
+		rc = ag_tensor_land(&ts[i], &in->rx->tensors[i], i);
+	if (rc) {
+		rc = err_set(rc, "worker %u: %s", a->id, rdag_last_error());
+		goto fail;
+	}
 	if (in->has_fwd) {
 		/* A remote context appears here lazily; the caller becomes a known worker. */
 		rc = ctxmgr_get_or_create(&a->cm, in->ctx_id, &c);

@@ -321,6 +321,7 @@ static void user_msg(struct xport *x, struct xp_peer *p, struct xp_recv *r)
 
 		if (!wire_tensor_next(&it, &d->desc))
 			break;
+		d->dev = NULL;
 		rc = 0;
 		switch (d->desc.loc) {
 		case WIRE_LOC_INLINE:

@@ -625,7 +625,7 @@ static int build_user(struct xport *x, struct xp_peer *p, struct xp_op *op, uint
 					     (unsigned long long)nb);
 				goto undo;
 			}
-			if (nb && wt[i].dev_type != WIRE_DEV_CPU) {
+			if (nb && wt[i].dev_type != WIRE_DEV_CPU && !tensors[i].staged) {
 				rc = err_set(RDAG_ENOSYS, "xport: tensor %u is on a %s device: the "
 					     "transport moves host memory only", i,
 					     wt[i].dev_type == WIRE_DEV_CUDA ? "CUDA" : "unknown");

@@ -36,6 +36,7 @@
  */
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "fabric/fabric.h"
@@ -160,6 +161,7 @@ void xport_close(struct xport *x);
 struct xport_tensor {
 	const void *data;          /* desc.nbytes bytes (NULL allowed when 0) */
 	struct wire_tensor desc;   /* dtype, rank, shape, flags, device, nbytes; loc/u ignored */
+	bool staged;               /* data is host memory though desc names a device (host staging) */
 };
 
 /*
@@ -188,6 +190,7 @@ int xport_send_bytes(struct xport *x, uint32_t peer, const void *msg, size_t len
 struct xport_rx_tensor {
 	struct wire_tensor desc;   /* as sent; desc.loc says which protocol brought it */
 	void *data;                /* its desc.nbytes bytes (NULL for NCCL tensors, which the xport does not move) */
+	void *dev;                 /* the user's: NULL when delivered, never read or freed by the xport */
 };
 
 /* A delivered message: read-only for the receiver, valid until xport_release(). */

@@ -532,6 +532,7 @@ static int register_all(struct am_worker *w)
 		{"gate_open", fn_gate_open},
 		{"make", fn_make},
 		{"prof_fn", fn_prof},
+		{"gpu_add", am_fn_gpu_add},
 	};
 	const char *name = NULL;
 	int rc = mp_register(w->a, fns, sizeof(fns) / sizeof(fns[0]), w, &name);
@@ -563,6 +564,7 @@ static const struct {
 	{"future", sc_future, 2},
 	{"workers", sc_workers, 3},
 	{"manual", sc_manual, 2},
+	{"gpu_rpc", sc_gpu_rpc, 2},
 };
 
 static int worker(const struct mp_cfg *cfg, void *board, int rank, int lfd, int port, int ready_fd)
@@ -603,7 +605,7 @@ static int worker(const struct mp_cfg *cfg, void *board, int rank, int lfd, int 
 	am_phase(w, "rdag_agent_close");
 	rc = rdag_agent_close(w->a);
 	CHECK_RC(w, rc, 0, "rdag_agent_close");
-	ret = atomic_load(&w->fail) ? 1 : 0;
+	ret = atomic_load(&w->fail) ? 1 : w->skipped ? MP_SKIP : 0;
 	if (!ret && rank == 0)
 		mp_passed(cfg);
 out:

@@ -127,6 +127,7 @@ struct am_worker {
 	struct am_obs seen[AM_MAXSEEN]; /* what "f" saw on this worker, in order */
 	unsigned nseen;
 	atomic_uint replies_sent; /* replies of "f" that have left (rdag_reply_on_sent) */
+	bool skipped;             /* the scenario cannot run here (exit 77) */
 };
 
 void am_fail(struct am_worker *w, const char *file, int line, const char *fmt, ...)
@@ -224,5 +225,8 @@ void sc_profiling(struct am_worker *w);
 void sc_future(struct am_worker *w);
 void sc_workers(struct am_worker *w);
 void sc_manual(struct am_worker *w);
+void sc_gpu_rpc(struct am_worker *w);
+int am_fn_gpu_add(void *arg, const struct rdag_caller *who, const struct rdag_msg *in,
+		  rdag_reply_t *out);
 
 #endif /* RDAG_TESTS_AGENT_MP_H */

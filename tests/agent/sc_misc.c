@@ -883,3 +883,264 @@ void sc_manual(struct am_worker *w)
 	      rdag_ctx_count(w->a));
 	free(big);
 }
+
+/* ---- gpu_rpc --------------------------------------------------------------------------------- */
+
+#define GR_BYTES (256u << 10) /* above the inline limit: the staged bytes go by RDMA write */
+
+/* A CUDA u8 tensor of n bytes over device memory d of device dev. */
+static void gr_tensor(struct rdag_tensor *t, void *d, size_t n, int dev)
+{
+	int64_t shape[1] = {(int64_t)n};
+
+	rdag_tensor_init(t, d, RDAG_U8, 1, shape);
+	t->device_type = RDAG_DEV_CUDA;
+	t->device_index = (uint16_t)dev;
+}
+
+/* Where tensor t is and whether its bytes are the pattern of seed; 0 or a message in why. */
+static int gr_verify(const struct rdag_tensor *t, int want_dev, uint64_t seed, char *why, size_t wl)
+{
+	size_t n = rdag_tensor_nbytes(t), bad;
+	struct gpu_ptr_info pi;
+	uint8_t *h;
+
+	if (t->device_type != RDAG_DEV_CUDA || t->device_index != want_dev)
+		return snprintf(why, wl, "device type %u index %u, want CUDA %d", t->device_type,
+				t->device_index, want_dev), 1;
+	if (gpu_ptr_classify(t->data, &pi) || pi.type != GPU_MEM_DEVICE || pi.device != want_dev)
+		return snprintf(why, wl, "data %p is not memory of device %d", t->data, want_dev), 1;
+	h = malloc(n ? n : 1);
+	if (!h || gpu_memcpy_dtoh(h, t->data, n))
+		return free(h), snprintf(why, wl, "cannot read it back: %s", rdag_last_error()), 1;
+	bad = mp_check(h, n, seed);
+	free(h);
+	if (bad)
+		return snprintf(why, wl, "byte %zu differs", bad - 1), 1;
+	return 0;
+}
+
+struct gr_sent {
+	void *d;
+};
+
+static void gr_free_sent(void *arg)
+{
+	struct gr_sent *s = arg;
+
+	gpu_mem_free(s->d);
+	free(s);
+}
+
+/*
+ * "gpu_add": the payload is {seed, want device}. The one argument must be a CUDA tensor on that
+ * device holding seed's pattern; the reply is a new device tensor there with seed + 1's.
+ */
+int am_fn_gpu_add(void *arg, const struct rdag_caller *who, const struct rdag_msg *in,
+		  rdag_reply_t *out)
+{
+	uint64_t p[2];
+	struct rdag_tensor t;
+	struct gr_sent *s;
+	char why[160];
+	uint8_t *h;
+	int rc;
+
+	(void)arg;
+	(void)who;
+	if (in->payload_len != sizeof(p) || in->ntensors != 1)
+		return rdag_reply_error(out, RDAG_EINVAL, "gpu_add: %zu payload bytes, %u tensors",
+					in->payload_len, in->ntensors);
+	memcpy(p, in->payload, sizeof(p));
+	if (gr_verify(&in->tensors[0], (int)p[1], p[0], why, sizeof(why)))
+		return rdag_reply_error(out, RDAG_EINVAL, "gpu_add: the argument: %s", why);
+	s = calloc(1, sizeof(*s));
+	h = malloc(GR_BYTES);
+	if (!s || !h || gpu_mem_alloc((int)p[1], GR_BYTES, &s->d)) {
+		free(h);
+		free(s);
+		return rdag_reply_error(out, RDAG_ENOMEM, "gpu_add: no memory for the reply");
+	}
+	mp_fill(h, GR_BYTES, p[0] + 1);
+	rc = gpu_memcpy_htod(s->d, h, GR_BYTES);
+	free(h);
+	gr_tensor(&t, s->d, GR_BYTES, (int)p[1]);
+	if (!rc)
+		rc = rdag_reply_tensor(out, &t);
+	if (rc) {
+		gr_free_sent(s);
+		return rdag_reply_error(out, rc, "gpu_add: %s", rdag_last_error());
+	}
+	rdag_reply_on_sent(out, gr_free_sent, s);
+	return 0;
+}
+
+/* A call of gpu_add from device dev's memory to dst, expected on dst's device dst_dev. */
+static int gr_call(struct am_worker *w, uint32_t dst, void *d, int dev, int dst_dev, uint64_t seed,
+		   rdag_future_t **f)
+{
+	uint64_t p[2] = {seed, (uint64_t)dst_dev};
+	struct rdag_tensor t;
+	struct rdag_msg m;
+
+	gr_tensor(&t, d, GR_BYTES, dev);
+	m = (struct rdag_msg){.payload = p, .payload_len = sizeof(p), .tensors = &t, .ntensors = 1};
+	return rdag_rpc_sync(w->a, dst, "gpu_add", &m, NULL, f);
+}
+
+/*
+ * CUDA tensors in calls and replies over a device map (host staging): worker 0's device 0 maps
+ * to worker 1's device 1 and to its own device 1; worker 1's device 1 maps back to worker 0's
+ * device 0. Needs a device (the simulated driver, tests/gpu/sim_cuda.c, here); skipped without.
+ */
+void sc_gpu_rpc(struct am_worker *w)
+{
+	int rc = gpu_init(), m01[2] = {1, -1}, m10[2] = {-1, 0}, self[1] = {1}, far[1] = {63};
+	struct gpu_info gi;
+	uint8_t *h = NULL;
+	void *d = NULL;
+	char why[160];
+
+	if (rc) {
+		if (w->rank == 0)
+			printf("skipped: no usable GPU here: %s: %s\n", rdag_strerror(rc),
+			       rdag_last_error());
+		w->skipped = true;
+		return;
+	}
+	gpu_probe(&gi);
+	if (gi.ndevices < 2) {
+		if (w->rank == 0)
+			printf("skipped: %d CUDA device(s) here, the scenario maps across 2\n",
+			       gi.ndevices);
+		w->skipped = true;
+		return;
+	}
+	am_phase(w, "gpu_rpc: maps");
+	/* Refusals: a local device that does not exist, a target out of range, bad arguments. */
+	{
+		int from2[3] = {-1, -1, 0}, oob[1] = {64}, neg[1] = {-2};
+
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 1 - w->rank, from2, 3), RDAG_ENOGPU,
+			 "a map from local device 2");
+		CHECK(w, strstr(rdag_last_error(), "no CUDA device 2 (2 present)") != NULL,
+		      "error: %s", rdag_last_error());
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 1 - w->rank, oob, 1), RDAG_EINVAL,
+			 "a map to device 64");
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 1 - w->rank, neg, 1), RDAG_EINVAL,
+			 "a map to device -2");
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, (uint32_t)w->world, m01, 2), RDAG_EINVAL,
+			 "a map towards a worker past the world");
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 0, NULL, 2), RDAG_EINVAL, "a NULL map");
+		CHECK_RC(w, rdag_agent_set_device_map(NULL, 0, m01, 2), RDAG_EINVAL, "no agent");
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 1 - w->rank, NULL, 0), 0,
+			 "clearing a map that was never set");
+	}
+	am_barrier(w, "gpu_rpc: refusals");
+	if (w->rank == 0) {
+		rdag_future_t *f = NULL;
+
+		am_phase(w, "gpu_rpc: unmapped");
+		h = malloc(GR_BYTES);
+		CHECK(w, h && gpu_mem_alloc(0, GR_BYTES, &d) == 0, "device memory: %s",
+		      rdag_last_error());
+		if (!h || !d)
+			goto out;
+		mp_fill(h, GR_BYTES, 11);
+		CHECK_RC(w, gpu_memcpy_htod(d, h, GR_BYTES), 0, "filling device 0");
+		/* No map yet: refused before anything leaves, naming the way out. */
+		rc = gr_call(w, 1, d, 0, 1, 11, &f);
+		CHECK_RC(w, rc, RDAG_EINVAL, "a CUDA tensor without a device map");
+		CHECK(w, strstr(rdag_last_error(), "no device map entry towards worker 1") != NULL,
+		      "error: %s", rdag_last_error());
+		/* Host memory claiming to be on device 0: refused as well. */
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 1, m01, 2), 0, "map 0 -> 1");
+		{
+			uint64_t p[2] = {11, 1};
+			struct rdag_tensor t;
+			struct rdag_msg m = {.payload = p, .payload_len = sizeof(p), .tensors = &t,
+					     .ntensors = 1};
+
+			gr_tensor(&t, h, GR_BYTES, 0);
+			CHECK_RC(w, rdag_rpc_sync(w->a, 1, "gpu_add", &m, NULL, &f), RDAG_EINVAL,
+				 "host memory sent as CUDA memory");
+			CHECK(w, strstr(rdag_last_error(), "not in one allocation of that device"),
+			      "error: %s", rdag_last_error());
+		}
+		/* A device the peer does not have: accepted here, refused where it would land. */
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 1, far, 1), 0, "map 0 -> 63");
+		rc = gr_call(w, 1, d, 0, 63, 11, &f);
+		CHECK_RC(w, rc, RDAG_EREMOTE, "a tensor for the peer's device 63");
+		CHECK(w, strstr(rdag_last_error(), "tensor 0 for CUDA device 63") != NULL, "error: %s",
+		      rdag_last_error());
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 1, m01, 2), 0, "map 0 -> 1");
+		/* Worker 1 has no map back yet: its reply fails there, and the call with it. */
+		rc = gr_call(w, 1, d, 0, 1, 11, &f);
+		CHECK_RC(w, rc, RDAG_EREMOTE, "a reply without a map back");
+		CHECK(w, strstr(rdag_last_error(), "no device map entry towards worker 0") != NULL,
+		      "error: %s", rdag_last_error());
+	}
+	am_barrier(w, "gpu_rpc: unmapped");
+	if (w->rank == 1)
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 0, m10, 2), 0, "map 1 -> 0");
+	am_barrier(w, "gpu_rpc: mapped");
+	if (w->rank == 0) {
+		am_phase(w, "gpu_rpc: calls");
+		for (uint64_t i = 0; i < 20; i++) {
+			rdag_future_t *f = NULL;
+			struct rdag_msg res;
+
+			mp_fill(h, GR_BYTES, 100 + i);
+			CHECK_RC(w, gpu_memcpy_htod(d, h, GR_BYTES), 0, "filling device 0");
+			rc = gr_call(w, 1, d, 0, 1, 100 + i, &f);
+			CHECK_RC(w, rc, 0, "call %llu: %s", (unsigned long long)i, rdag_last_error());
+			if (rc)
+				break;
+			CHECK_RC(w, rdag_future_result(f, &res), 0, "result");
+			CHECK(w, res.ntensors == 1, "%u result tensors", res.ntensors);
+			if (res.ntensors == 1 && gr_verify(&res.tensors[0], 0, 101 + i, why, sizeof(why)))
+				CHECK(w, 0, "call %llu: the reply: %s", (unsigned long long)i, why);
+			rdag_future_free(f);
+		}
+		/* To itself: device 0 -> device 1 and back through the loopback. */
+		CHECK_RC(w, rdag_agent_set_device_map(w->a, 0, self, 1), 0, "map 0 -> 1 to itself");
+		rc = gr_call(w, 0, d, 0, 1, 100, NULL);
+		CHECK_RC(w, rc, RDAG_EREMOTE, "a reply to itself from unmapped device 1");
+		{
+			int both[2] = {1, 0};
+			rdag_future_t *f = NULL;
+			struct rdag_msg res;
+
+			CHECK_RC(w, rdag_agent_set_device_map(w->a, 0, both, 2), 0, "0 <-> 1 to itself");
+			mp_fill(h, GR_BYTES, 7);
+			CHECK_RC(w, gpu_memcpy_htod(d, h, GR_BYTES), 0, "filling device 0");
+			rc = gr_call(w, 0, d, 0, 1, 7, &f);
+			CHECK_RC(w, rc, 0, "a call to itself: %s", rdag_last_error());
+			if (!rc && rdag_future_result(f, &res) == 0 && res.ntensors == 1 &&
+			    gr_verify(&res.tensors[0], 0, 8, why, sizeof(why)))
+				CHECK(w, 0, "the reply to itself: %s", why);
+			rdag_future_free(f);
+		}
+		/* Device tensors that require grad are refused in a context (not supported yet). */
+		{
+			uint64_t c = 0, p[2] = {1, 1};
+			struct rdag_tensor t;
+			struct rdag_msg m = {.payload = p, .payload_len = sizeof(p), .tensors = &t,
+					     .ntensors = 1};
+
+			CHECK_RC(w, rdag_ctx_create(w->a, &c), 0, "context");
+			gr_tensor(&t, d, GR_BYTES, 0);
+			t.requires_grad = true;
+			t.grad_kind = RDAG_GRAD_LEAF;
+			CHECK_RC(w, rdag_rpc_sync(w->a, 1, "gpu_add", &m, NULL, NULL), RDAG_ENOSYS,
+				 "autograd through a CUDA tensor");
+			CHECK(w, strstr(rdag_last_error(), "not supported yet") != NULL, "error: %s",
+			      rdag_last_error());
+			CHECK_RC(w, rdag_ctx_release(w->a, c), 0, "release");
+		}
+	}
+out:
+	am_barrier(w, "gpu_rpc: done");
+	gpu_mem_free(d);
+	free(h);
+}
