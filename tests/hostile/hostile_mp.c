@@ -11,6 +11,7 @@
 #include "agent/agent_int.h"
 #include "agent/agent_test.h"
 #include "bootstrap/boot.h"
+#include "gpu/gpu.h"
 #include "mp_common.h"
 #include "util/err.h"
 #include "xport/xport.h"
@@ -529,6 +530,24 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 		      "a slot already given back: code %d", h->got_code);
 		if (h->got_code == RDAG_EACCES)
 			refused++;
+	}
+	/*
+	 * 6b. A call whose tensor claims a CUDA device worker 1 does not have (63): refused with
+	 * the reason (no driver, no CUDA in the build, or no such device) before any function runs.
+	 */
+	{
+		struct wire_env env = {.req_id = 525, .src = (uint16_t)h->rank};
+		struct wire_call call = {.name = {.ptr = "ident", .len = 5}};
+		int want = gpu_init() ? gpu_init() : RDAG_ENOGPU;
+
+		phase(h, "a tensor for a device worker 1 lacks");
+		f32_desc(&t, &g);
+		t.dev_type = WIRE_DEV_CUDA;
+		t.dev_index = 63;
+		rc = wire_encode_rpc_call(msg, sizeof(msg), &env, &call, &t, 1, &n);
+		CHECK(h, rc == 0, "encoding RPC_CALL: %s", rdag_last_error());
+		if (!rc && !send_and_wait(h, 1, 525, msg, n, "a tensor for CUDA device 63"))
+			expect_exc(h, "a tensor for CUDA device 63", want, "tensor 0 for CUDA device 63");
 	}
 	/*
 	 * 7. Transport messages it has no business sending: an RDV_DONE for a token worker 1 never
