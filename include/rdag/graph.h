@@ -100,9 +100,10 @@ struct rdag_grad_sink {
 	int (*check)(void *arg);
 	/*
 	 * Optional, and what keeps gradients from being copied: as leaf and recv, but grad->data
-	 * (from malloc) is handed over, the sink frees it with free(), whatever it returns. An
-	 * engine calls them, when set, for buffers it would free next (rdag_graph: the gradients
-	 * a node computed); the others go to leaf and recv.
+	 * (from malloc; for a CUDA tensor, device memory from cuMemAlloc) is handed over, the
+	 * sink frees it (free(), cuMemFree), whatever it returns. An engine calls them, when set,
+	 * for buffers it would free next (rdag_graph: the gradients a node computed); the others
+	 * go to leaf and recv.
 	 */
 	int (*leaf_take)(void *arg, void *var, struct rdag_tensor *grad);
 	int (*recv_take)(void *arg, void *recv_fn, uint32_t input_nr, struct rdag_tensor *grad);

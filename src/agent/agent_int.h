@@ -246,6 +246,9 @@ struct rdag_agent {
 int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o);
 /* t from rt, landed on its device first for a CUDA descriptor (rt->dev). */
 int ag_tensor_land(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t index);
+/* The same on the device the receiver chooses (dev_type RDAG_DEV_CPU: host bytes expected). */
+int ag_tensor_land_on(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t index,
+		      uint8_t dev_type, uint16_t dev_index);
 /* Frees what ag_tensor_land made for rx's tensors. */
 void ag_rx_unland(struct xport_rx *rx);
 

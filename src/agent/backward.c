@@ -6,7 +6,7 @@
 #include "agent/agent_int.h"
 #include "agent/agent_test.h"
 #include "util/err.h"
-#include "util/gbuf.h"
+#include "util/tbuf.h"
 #include "util/log.h"
 
 /* The gradients a local pass collects for one recv function (to send to the worker it names). */
@@ -317,16 +317,6 @@ static int pass_check(void *arg)
 	return atomic_load(&p->ps->aborted) ? pass_error(p->a, p->ps) : 0;
 }
 
-/* nb bytes of from in a gradient buffer of our own (NULL when out of memory). */
-static void *copy_of(const void *from, size_t nb)
-{
-	void *p = gbuf_alloc(nb, false);
-
-	if (p && nb)
-		memcpy(p, from, nb);
-	return p;
-}
-
 /*
  * *dst += *src, dst (shaped like src) made the first time: from src's buffer itself when take
  * (the engine handed it over: no copy) or when lent is given (src outlives the pass: dst points
@@ -335,9 +325,17 @@ static void *copy_of(const void *from, size_t nb)
  */
 static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take, bool *lent)
 {
-	size_t nb = rdag_tensor_nbytes(src);
 	int rc;
 
+	if (dst->data && (dst->device_type != src->device_type ||
+			  (dst->device_type != RDAG_DEV_CPU && dst->device_index != src->device_index))) {
+		rc = err_set(RDAG_EINVAL, "gradients on devices %u:%u and %u:%u for one tensor",
+			     dst->device_type, dst->device_index, src->device_type,
+			     src->device_index);
+		if (take)
+			tbuf_free(src);
+		return rc;
+	}
 	if (!dst->data) {
 		*dst = *src;
 		dst->requires_grad = false;
@@ -349,24 +347,25 @@ static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take, bool
 			*lent = true;
 			return 0;
 		}
-		dst->data = copy_of(src->data, nb);
-		return dst->data ? 0 : err_set(RDAG_ENOMEM, "out of memory for a gradient");
+		dst->data = NULL;
+		return tbuf_dup(src, &dst->data);
 	}
 	if (lent && *lent) {
 		/* a second gradient: never add into a root's buffer */
-		void *p = copy_of(dst->data, nb);
+		void *p = NULL;
 
-		if (!p) {
+		rc = tbuf_dup(dst, &p);
+		if (rc) {
 			if (take)
-				gbuf_free(src->data);
-			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
+				tbuf_free(src);
+			return rc;
 		}
 		dst->data = p;
 		*lent = false;
 	}
-	rc = rdag_tensor_add(dst, src);
+	rc = tbuf_add(dst, src);
 	if (take)
-		gbuf_free(src->data);
+		tbuf_free(src);
 	return rc;
 }
 
@@ -385,7 +384,7 @@ static int leaf_acc(struct pass *p, void *var, struct rdag_tensor *grad, bool ta
 			free(g);
 			pthread_mutex_unlock(&c->lock);
 			if (take)
-				gbuf_free(grad->data);
+				tbuf_free(grad);
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		}
 		g->var = var;
@@ -393,7 +392,7 @@ static int leaf_acc(struct pass *p, void *var, struct rdag_tensor *grad, bool ta
 	if (g->t.data && numel(&g->t) != numel(grad)) {
 		rc = err_set(RDAG_EINVAL, "gradients of different sizes for the same variable");
 		if (take)
-			gbuf_free(grad->data);
+			tbuf_free(grad);
 	} else {
 		rc = acc(&g->t, grad, take, NULL); /* the context keeps it: never lent */
 	}
@@ -433,7 +432,7 @@ static int recv_acc(struct pass *p, struct ctx_recvfn *fn, uint32_t nr, struct r
 		rc = 0;
 	if (rc) {
 		if (take)
-			gbuf_free(grad->data);
+			tbuf_free(grad);
 		return rc;
 	}
 	pthread_mutex_lock(&p->lock);
@@ -452,7 +451,7 @@ static int recv_acc(struct pass *p, struct ctx_recvfn *fn, uint32_t nr, struct r
 			free(r);
 			pthread_mutex_unlock(&p->lock);
 			if (take)
-				gbuf_free(grad->data);
+				tbuf_free(grad);
 			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
 		}
 		r->fn = fn;
@@ -486,7 +485,7 @@ static void pass_fini(struct pass *p)
 
 		for (uint32_t j = 0; j < r->fn->ntensors; j++)
 			if (!r->lent[j])
-				gbuf_free(r->g[j].data);
+				tbuf_free(&r->g[j]);
 		free(r->g);
 		free(r->lent);
 		free(r);
@@ -536,12 +535,12 @@ static int propagate(struct pass *p)
 
 				/* No gradient reached this tensor: zeros of its shape. */
 				rdag_tensor_init(&z, NULL, mt->dtype, mt->ndim, mt->shape);
+				z.device_type = mt->dev_type;
+				z.device_index = mt->dev_index;
 				r->g[j] = z;
-				r->g[j].data = gbuf_alloc(rdag_tensor_nbytes(&z), true);
-				if (!r->g[j].data) {
-					rc = err_set(RDAG_ENOMEM, "out of memory for zeros");
+				rc = tbuf_alloc(&z, rdag_tensor_nbytes(&z), true, &r->g[j].data);
+				if (rc)
 					break;
-				}
 			}
 			t[m++] = r->g[j];
 		}
@@ -701,14 +700,23 @@ int rdag_agent_set_engine(rdag_agent_t *a, const struct rdag_engine *e)
 	return 0;
 }
 
-/* Ones for a scalar root of a floating dtype. */
-/* The seed gradient of one root: a 1 of its dtype. */
-union one {
-	double f64;
-	float f32;
+/* The seed gradient of one root: a 1 of its dtype, copied to its device for a CUDA root. */
+struct one {
+	union {
+		double f64;
+		float f32;
+	} v;
+	struct rdag_tensor dev; /* dev.data: the device copy, freed after the pass */
 };
 
-static int seed(const struct rdag_tensor *root, uint32_t i, struct rdag_edge_grad *eg, union one *store)
+static void ones_free(struct one *ones, uint32_t n)
+{
+	for (uint32_t i = 0; ones && i < n; i++)
+		tbuf_free(&ones[i].dev);
+	free(ones);
+}
+
+static int seed(const struct rdag_tensor *root, uint32_t i, struct rdag_edge_grad *eg, struct one *store)
 {
 	memset(eg, 0, sizeof(*eg));
 	if (!root->requires_grad)
@@ -726,14 +734,28 @@ static int seed(const struct rdag_tensor *root, uint32_t i, struct rdag_edge_gra
 	eg->grad.requires_grad = false;
 	eg->grad.grad_kind = RDAG_GRAD_NONE;
 	if (root->dtype == RDAG_F64) {
-		store->f64 = 1.0;
-		eg->grad.data = &store->f64;
+		store->v.f64 = 1.0;
+		eg->grad.data = &store->v.f64;
 	} else if (root->dtype == RDAG_F32) {
-		store->f32 = 1.0f;
-		eg->grad.data = &store->f32;
+		store->v.f32 = 1.0f;
+		eg->grad.data = &store->v.f32;
 	} else
 		return err_set(RDAG_EINVAL, "backward: root %u is of dtype %u: roots must be f32 or f64",
 			       i, root->dtype);
+	if (root->device_type == RDAG_DEV_CUDA) {
+		size_t es = rdag_tensor_nbytes(&eg->grad);
+		int rc;
+
+		store->dev = eg->grad;
+		store->dev.data = NULL;
+		rc = tbuf_alloc(&store->dev, es, false, &store->dev.data);
+		if (!rc)
+			rc = gpu_memcpy_htod(store->dev.data, eg->grad.data, es);
+		if (rc) /* a buffer made is freed with the others (ones_free) */
+			return err_set(rc, "backward: the seed of root %u on CUDA device %u: %s", i,
+				       root->device_index, rdag_last_error());
+		eg->grad.data = store->dev.data;
+	}
 	return 0;
 }
 
@@ -741,7 +763,7 @@ int rdag_backward(rdag_agent_t *a, uint64_t ctx_id, const struct rdag_tensor *ro
 		  bool retain_graph)
 {
 	struct rdag_edge_grad *eg;
-	union one *ones;
+	struct one *ones;
 	struct ctx *c;
 	uint64_t pid = 0;
 	int rc = 0;
@@ -767,7 +789,7 @@ int rdag_backward(rdag_agent_t *a, uint64_t ctx_id, const struct rdag_tensor *ro
 	if (!rc)
 		rc = run_pass(a, c, pid, eg, n, retain_graph);
 	free(eg);
-	free(ones);
+	ones_free(ones, n);
 	ctx_put(c);
 	return rc;
 }
@@ -847,10 +869,11 @@ void ag_serve_backward(struct ag_job *j)
 		roots[i].grad_kind = e->kind;
 		roots[i].edge.node = e->node;
 		roots[i].edge.input_nr = e->input_nr;
-		ag_tensor_from_rx(&roots[i].grad, &in->rx->tensors[i]);
-		if (roots[i].grad.device_type != RDAG_DEV_CPU)
-			rc = err_set(RDAG_EINVAL, "worker %u: gradient %u is a device tensor, and its "
-				     "send function records no device gradients", a->id, i);
+		/* A gradient lands where its forward tensor was, whatever the sender says. */
+		rc = ag_tensor_land_on(&roots[i].grad, &in->rx->tensors[i], i, e->meta.dev_type,
+				       e->meta.dev_index);
+		if (rc)
+			rc = err_set(rc, "worker %u: gradient %u: %s", a->id, i, rdag_last_error());
 		else if (roots[i].grad.dtype != e->meta.dtype)
 			rc = err_set(RDAG_EINVAL, "worker %u: gradient %u is of dtype %u, its tensor of "
 				     "dtype %u", a->id, i, roots[i].grad.dtype, e->meta.dtype);
@@ -867,7 +890,7 @@ static int rref_pass(rdag_agent_t *a, uint64_t ctx_id, uint64_t rref_id, bool re
 {
 	struct ag_rref_val *v = ag_rref_get(a, rref_id);
 	struct rdag_edge_grad *eg = NULL;
-	union one *ones = NULL;
+	struct one *ones = NULL;
 	struct ctx *c = NULL;
 	uint64_t pid = 0;
 	uint32_t n = 0;
@@ -903,7 +926,7 @@ static int rref_pass(rdag_agent_t *a, uint64_t ctx_id, uint64_t rref_id, bool re
 		rc = run_pass(a, c, pid, eg, n, retain);
 out:
 	free(eg);
-	free(ones);
+	ones_free(ones, n);
 	ctx_put(c);
 	ag_rref_put(v);
 	return rc;

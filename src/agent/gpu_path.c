@@ -186,7 +186,9 @@ int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o)
 
 		if (t->desc.dev_type != WIRE_DEV_CUDA || t->staged)
 			continue;
-		to = mapped(a, dst, t->desc.dev_index);
+		/* Gradients land where the receiver's send function says: no map needed. */
+		to = o->kind == WIRE_BACKWARD_AUTOGRAD_REQ ? (int)t->desc.dev_index :
+			mapped(a, dst, t->desc.dev_index);
 		if (to < 0)
 			return err_set(RDAG_EINVAL, "tensor %u is on CUDA device %u, which has no device "
 				       "map entry towards worker %u (%s): set one with "
@@ -244,6 +246,25 @@ int ag_tensor_land(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t i
 	}
 	t->data = rt->dev;
 	return 0;
+}
+
+int ag_tensor_land_on(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t index,
+		      uint8_t dev_type, uint16_t dev_index)
+{
+	if (dev_type == RDAG_DEV_CPU) {
+		if (rt->desc.dev_type != WIRE_DEV_CPU)
+			return err_set(RDAG_EINVAL, "tensor %u says CUDA device %u, but it belongs on "
+				       "the CPU here", index, rt->desc.dev_index);
+		ag_tensor_from_rx(t, rt);
+		return 0;
+	}
+	if (dev_type != RDAG_DEV_CUDA)
+		return err_set(RDAG_EINVAL, "tensor %u belongs on device type %u", index, dev_type);
+	if (rt->dev && (rt->desc.dev_type != WIRE_DEV_CUDA || rt->desc.dev_index != dev_index))
+		return err_set(RDAG_EINVAL, "tensor %u already landed elsewhere", index);
+	rt->desc.dev_type = WIRE_DEV_CUDA;
+	rt->desc.dev_index = dev_index;
+	return ag_tensor_land(t, rt, index);
 }
 
 void ag_rx_unland(struct xport_rx *rx)

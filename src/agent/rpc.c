@@ -319,27 +319,14 @@ static void meta_from_tensor(struct ctx_tmeta *m, const struct rdag_tensor *t)
 	memcpy(m->shape, t->shape, m->ndim * sizeof(m->shape[0]));
 }
 
-/* Autograd through device tensors needs device-side accumulation: refused until it exists. */
-static int no_device_grad(const struct rdag_tensor *t, uint32_t n)
-{
-	for (uint32_t i = 0; i < n; i++)
-		if (t[i].requires_grad && t[i].device_type != RDAG_DEV_CPU)
-			return err_set(RDAG_ENOSYS, "tensor %u is on CUDA device %u and requires grad: "
-				       "distributed autograd through device tensors is not supported yet "
-				       "(docs/gpu.md)", i, t[i].device_index);
-	return 0;
-}
-
 /* addSendRpcBackward: a send function with one edge per tensor that requires grad. */
 static int record_send(struct ctx *c, uint16_t dst, uint64_t msg_id, const struct rdag_tensor *t,
 		       uint32_t n)
 {
 	uint32_t rg = 0, k = 0;
 	struct ctx_sendfn *fn;
-	int rc = no_device_grad(t, n);
+	int rc;
 
-	if (rc)
-		return rc;
 	for (uint32_t i = 0; i < n; i++)
 		rg += t[i].requires_grad;
 	if (!rg)
@@ -375,10 +362,8 @@ static int record_recv(struct ctx *c, const struct ag_in *in, struct rdag_tensor
 {
 	uint32_t rg = 0;
 	struct ctx_recvfn *fn;
-	int rc = no_device_grad(t, n);
+	int rc;
 
-	if (rc)
-		return rc;
 	for (uint32_t i = 0; i < n; i++)
 		rg += t[i].requires_grad;
 	if (!rg)

@@ -5,6 +5,7 @@
 #include "ctx/ctxmgr.h"
 #include "util/err.h"
 #include "util/gbuf.h"
+#include "util/tbuf.h"
 
 /* The calling thread's current context, and the manager it belongs to. */
 static _Thread_local struct {
@@ -45,7 +46,7 @@ static void ctx_free(struct ctx *c)
 	}
 	i = 0;
 	while (u64map_next(&c->grads, &i, &k, &v)) {
-		gbuf_free(((struct ctx_grad *)v)->t.data);
+		tbuf_free(&((struct ctx_grad *)v)->t);
 		free(v);
 	}
 	u64map_fini(&c->send_fns);

@@ -8,6 +8,7 @@
 
 #include "util/err.h"
 #include "util/gbuf.h"
+#include "util/tbuf.h"
 #include "util/u64map.h"
 
 #define NODE_MAGIC 0x474e4f44u /* "GNOD" */
@@ -204,7 +205,7 @@ static void *buf_like(const struct rdag_tensor *meta, struct rdag_tensor *t, boo
 	size_t nb = rdag_tensor_nbytes(meta);
 
 	*t = *meta;
-	t->data = gbuf_alloc(nb, zero);
+	(void)tbuf_alloc(meta, nb, zero, &t->data); /* NULL: the caller reports it */
 	return t->data;
 }
 
@@ -219,6 +220,11 @@ static int check_shape(const struct rdag_tensor *meta, const struct rdag_tensor 
 		return err_set(RDAG_EINVAL, "a gradient of dtype %u with %zu elements flows into a "
 			       "tensor of dtype %u with %zu", g->dtype, numel(g), meta->dtype,
 			       numel(meta));
+	if (g->device_type != meta->device_type ||
+	    (meta->device_type != RDAG_DEV_CPU && g->device_index != meta->device_index))
+		return err_set(RDAG_EINVAL, "a gradient on device %u:%u flows into a tensor on device "
+			       "%u:%u", g->device_type, g->device_index, meta->device_type,
+			       meta->device_index);
 	return 0;
 }
 
@@ -248,17 +254,15 @@ static int accumulate(struct nstate *s, uint32_t i, struct rdag_tensor *g, bool 
 		       err_set(RDAG_ENOMEM, "out of memory for a gradient");
 	}
 	if (!s->owned[i]) {
-		size_t nb = rdag_tensor_nbytes(dst);
-		void *p = gbuf_alloc(nb, false);
+		void *p = NULL;
 
-		if (!p)
-			return err_set(RDAG_ENOMEM, "out of memory for a gradient");
-		if (nb)
-			memcpy(p, dst->data, nb);
+		rc = tbuf_dup(dst, &p);
+		if (rc)
+			return rc;
 		dst->data = p;
 		s->owned[i] = true;
 	}
-	return rdag_tensor_add(dst, g);
+	return tbuf_add(dst, g);
 }
 
 static struct gnode *as_node(void *p)
@@ -450,7 +454,7 @@ static void free_state(struct u64map *st)
 
 		for (uint32_t j = 0; j < s->n->n_out; j++)
 			if (s->owned[j])
-				gbuf_free(s->grads[j].data);
+				tbuf_free(&s->grads[j]);
 		free(s->grads);
 		free(s);
 	}
@@ -528,7 +532,7 @@ static int run_node(struct u64map *st, struct nstate *s, bool retain,
 		if (n->next[i].kind != RDAG_GRAD_NONE)
 			rc = deliver(st, &n->next[i], &gin[i], true, sink, tail, true);
 	for (uint32_t i = 0; i < n->n_in; i++)
-		gbuf_free(gin[i].data);
+		tbuf_free(&gin[i]);
 	free(gin);
 	return rc;
 }

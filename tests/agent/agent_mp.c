@@ -533,6 +533,7 @@ static int register_all(struct am_worker *w)
 		{"make", fn_make},
 		{"prof_fn", fn_prof},
 		{"gpu_add", am_fn_gpu_add},
+		{"gpu_scale", am_fn_gpu_scale},
 	};
 	const char *name = NULL;
 	int rc = mp_register(w->a, fns, sizeof(fns) / sizeof(fns[0]), w, &name);
@@ -565,6 +566,7 @@ static const struct {
 	{"workers", sc_workers, 3},
 	{"manual", sc_manual, 2},
 	{"gpu_rpc", sc_gpu_rpc, 2},
+	{"gpu_backward", sc_gpu_backward, 2},
 };
 
 static int worker(const struct mp_cfg *cfg, void *board, int rank, int lfd, int port, int ready_fd)

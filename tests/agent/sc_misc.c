@@ -1121,26 +1121,240 @@ void sc_gpu_rpc(struct am_worker *w)
 				CHECK(w, 0, "the reply to itself: %s", why);
 			rdag_future_free(f);
 		}
-		/* Device tensors that require grad are refused in a context (not supported yet). */
-		{
-			uint64_t c = 0, p[2] = {1, 1};
-			struct rdag_tensor t;
-			struct rdag_msg m = {.payload = p, .payload_len = sizeof(p), .tensors = &t,
-					     .ntensors = 1};
-
-			CHECK_RC(w, rdag_ctx_create(w->a, &c), 0, "context");
-			gr_tensor(&t, d, GR_BYTES, 0);
-			t.requires_grad = true;
-			t.grad_kind = RDAG_GRAD_LEAF;
-			CHECK_RC(w, rdag_rpc_sync(w->a, 1, "gpu_add", &m, NULL, NULL), RDAG_ENOSYS,
-				 "autograd through a CUDA tensor");
-			CHECK(w, strstr(rdag_last_error(), "not supported yet") != NULL, "error: %s",
-			      rdag_last_error());
-			CHECK_RC(w, rdag_ctx_release(w->a, c), 0, "release");
-		}
 	}
 out:
 	am_barrier(w, "gpu_rpc: done");
 	gpu_mem_free(d);
 	free(h);
+}
+
+/* ---- gpu_backward ---------------------------------------------------------------------------- */
+
+#define GB_N 4096u /* f32 elements: 16 KiB, eager */
+
+static rdag_graph_t *gb_graph;
+
+/* Reads n floats of device memory d, or NULL. */
+static float *gb_read(const void *d, size_t n)
+{
+	float *h = malloc(n * sizeof(*h));
+
+	if (h && gpu_memcpy_dtoh(h, d, n * sizeof(*h))) {
+		free(h);
+		h = NULL;
+	}
+	return h;
+}
+
+/* y = 3 x on the device: dx = 3 dy, read and written on the device the tensors are on. */
+static int gb_scale_bw(void *arg, const struct rdag_tensor *go, uint32_t n_out,
+		       struct rdag_tensor *gi, uint32_t n_in)
+{
+	size_t n = GB_N;
+	float *h;
+	int rc;
+
+	(void)arg;
+	if (n_out != 1 || n_in != 1 || go[0].device_type != RDAG_DEV_CUDA || go[0].device_index != 1 ||
+	    gi[0].device_type != RDAG_DEV_CUDA || gi[0].device_index != 1)
+		return RDAG_EINVAL; /* the gradients must be on device 1, where x' and y are */
+	h = gb_read(go[0].data, n);
+	if (!h)
+		return RDAG_EIO;
+	for (size_t i = 0; i < n; i++)
+		h[i] *= 3.0f;
+	rc = gpu_memcpy_htod(gi[0].data, h, n * sizeof(*h));
+	free(h);
+	return rc;
+}
+
+/* loss = sum(y') on device 0: dy' = dloss everywhere. */
+static int gb_sum_bw(void *arg, const struct rdag_tensor *go, uint32_t n_out,
+		     struct rdag_tensor *gi, uint32_t n_in)
+{
+	float g, *h;
+	int rc;
+
+	(void)arg;
+	if (n_out != 1 || n_in != 1 || go[0].device_type != RDAG_DEV_CUDA || go[0].device_index != 0 ||
+	    gi[0].device_type != RDAG_DEV_CUDA || gi[0].device_index != 0)
+		return RDAG_EINVAL;
+	if (gpu_memcpy_dtoh(&g, go[0].data, sizeof(g)))
+		return RDAG_EIO;
+	h = malloc(GB_N * sizeof(*h));
+	if (!h)
+		return RDAG_ENOMEM;
+	for (size_t i = 0; i < GB_N; i++)
+		h[i] = g;
+	rc = gpu_memcpy_htod(gi[0].data, h, GB_N * sizeof(*h));
+	free(h);
+	return rc;
+}
+
+/* A CUDA f32 tensor of n elements over d on device dev. */
+static void gb_tensor(struct rdag_tensor *t, void *d, size_t n, int dev)
+{
+	int64_t shape[1] = {(int64_t)n};
+
+	rdag_tensor_init(t, d, RDAG_F32, n == 1 ? 0 : 1, shape);
+	t->device_type = RDAG_DEV_CUDA;
+	t->device_index = (uint16_t)dev;
+}
+
+/* "gpu_scale" (worker 1): y = 3 x' for x' on device 1, recorded; y, on device 1, returned. */
+int am_fn_gpu_scale(void *arg, const struct rdag_caller *who, const struct rdag_msg *in,
+		    rdag_reply_t *out)
+{
+	struct rdag_tensor y;
+	struct gr_sent *s;
+	void *node = NULL;
+	float *h;
+	int rc;
+
+	(void)arg;
+	(void)who;
+	if (in->ntensors != 1 || in->tensors[0].device_type != RDAG_DEV_CUDA ||
+	    in->tensors[0].device_index != 1 || !in->tensors[0].requires_grad ||
+	    in->tensors[0].grad_kind != RDAG_GRAD_RECV)
+		return rdag_reply_error(out, RDAG_EINVAL, "gpu_scale: want one tensor on device 1 "
+					"that requires grad (recv)");
+	h = gb_read(in->tensors[0].data, GB_N);
+	s = calloc(1, sizeof(*s));
+	if (!h || !s || gpu_mem_alloc(1, GB_N * sizeof(float), &s->d)) {
+		free(h);
+		free(s);
+		return rdag_reply_error(out, RDAG_ENOMEM, "gpu_scale: no memory");
+	}
+	for (size_t i = 0; i < GB_N; i++)
+		h[i] *= 3.0f;
+	rc = gpu_memcpy_htod(s->d, h, GB_N * sizeof(float));
+	free(h);
+	gb_tensor(&y, s->d, GB_N, 1);
+	if (!rc)
+		rc = rdag_graph_node(gb_graph, gb_scale_bw, NULL, in->tensors, 1, &y, 1, &node);
+	if (!rc) {
+		y.requires_grad = true;
+		y.grad_kind = RDAG_GRAD_NODE;
+		y.grad_fn.node = node;
+		y.grad_fn.input_nr = 0;
+		rc = rdag_reply_tensor(out, &y);
+	}
+	if (rc) {
+		gr_free_sent(s);
+		return rdag_reply_error(out, rc, "gpu_scale: %s", rdag_last_error());
+	}
+	rdag_reply_on_sent(out, gr_free_sent, s);
+	return 0;
+}
+
+/* Every one of n floats at device memory d equals want. */
+static int gb_all(const void *d, size_t n, float want, char *why, size_t wl)
+{
+	float *h = gb_read(d, n);
+	int bad = !h;
+
+	for (size_t i = 0; h && i < n && !bad; i++)
+		if (h[i] != want) {
+			snprintf(why, wl, "element %zu is %g, want %g", i, (double)h[i], (double)want);
+			bad = 1;
+		}
+	if (!h)
+		snprintf(why, wl, "cannot read it back: %s", rdag_last_error());
+	free(h);
+	return bad;
+}
+
+/*
+ * Distributed backward through CUDA tensors over device maps: worker 0's leaf x on device 0 goes
+ * to worker 1's device 1 (map 0 -> 1), which returns y = 3 x on its device 1, landing on worker
+ * 0's device 0 (map 1 -> 0); loss = sum(y) there, a scalar on device 0. Each gradient must land
+ * on the device its forward tensor was on: dy on worker 1's device 1, dx on worker 0's device 0,
+ * where it accumulates in the context over two passes (3, then 6). Needs two devices.
+ */
+void sc_gpu_backward(struct am_worker *w)
+{
+	int rc = gpu_init(), m01[1] = {1}, m10[2] = {-1, 0};
+	struct gpu_info gi;
+	char why[160];
+
+	if (rc || (gpu_probe(&gi), gi.ndevices < 2)) {
+		if (w->rank == 0)
+			printf("skipped: this scenario needs 2 CUDA devices: %s\n",
+			       rc ? rdag_last_error() : "fewer here");
+		w->skipped = true;
+		return;
+	}
+	am_phase(w, "gpu_backward: set-up");
+	CHECK_RC(w, rdag_graph_create(&gb_graph), 0, "rdag_graph_create");
+	CHECK_RC(w, rdag_agent_set_device_map(w->a, (uint32_t)(1 - w->rank), w->rank ? m10 : m01,
+					      w->rank ? 2 : 1), 0, "device map");
+	am_barrier(w, "gpu_backward: maps");
+	if (w->rank == 0) {
+		static char xkey;
+		struct rdag_tensor x, loss;
+		struct rdag_grad g[2];
+		rdag_future_t *f = NULL;
+		struct rdag_msg args, res;
+		void *dx = NULL, *dl = NULL, *node = NULL;
+		float *h = malloc(GB_N * sizeof(float));
+		uint64_t c = 0;
+		size_t ng = 0;
+
+		am_phase(w, "gpu_backward: forward");
+		CHECK(w, h && gpu_mem_alloc(0, GB_N * sizeof(float), &dx) == 0 &&
+			 gpu_mem_alloc(0, sizeof(float), &dl) == 0, "device memory");
+		if (!h || !dx || !dl)
+			goto out0;
+		for (size_t i = 0; i < GB_N; i++)
+			h[i] = (float)i;
+		CHECK_RC(w, gpu_memcpy_htod(dx, h, GB_N * sizeof(float)), 0, "x");
+		gb_tensor(&x, dx, GB_N, 0);
+		x.requires_grad = true;
+		x.grad_kind = RDAG_GRAD_LEAF;
+		x.grad_fn.node = &xkey;
+		CHECK_RC(w, rdag_ctx_create(w->a, &c), 0, "context");
+		args = (struct rdag_msg){.tensors = &x, .ntensors = 1};
+		rc = rdag_rpc_sync(w->a, 1, "gpu_scale", &args, NULL, &f);
+		CHECK_RC(w, rc, 0, "gpu_scale: %s", rdag_last_error());
+		if (rc)
+			goto out0;
+		CHECK_RC(w, rdag_future_result(f, &res), 0, "result");
+		CHECK(w, res.ntensors == 1 && res.tensors[0].device_type == RDAG_DEV_CUDA &&
+			 res.tensors[0].device_index == 0 && res.tensors[0].grad_kind == RDAG_GRAD_RECV,
+		      "y' is not a recv tensor on device 0");
+		if (res.ntensors == 1 && gb_all(res.tensors[0].data, 1, 0.0f, why, sizeof(why)))
+			CHECK(w, 0, "y'[0]: %s", why); /* 3 * x[0] = 0, read from device 0 */
+		gb_tensor(&loss, dl, 1, 0);
+		rc = rdag_graph_node(gb_graph, gb_sum_bw, NULL, res.tensors, 1, &loss, 1, &node);
+		CHECK_RC(w, rc, 0, "loss node");
+		loss.requires_grad = true;
+		loss.grad_kind = RDAG_GRAD_NODE;
+		loss.grad_fn.node = node;
+		for (int pass = 1; pass <= 2 && !rc; pass++) {
+			am_phase(w, "gpu_backward: pass %d", pass);
+			rc = rdag_backward(w->a, c, &loss, 1, true);
+			CHECK_RC(w, rc, 0, "pass %d: %s", pass, rdag_last_error());
+			if (rc)
+				break;
+			CHECK_RC(w, rdag_ctx_grads(w->a, c, g, 2, &ng), 0, "rdag_ctx_grads");
+			CHECK(w, ng == 1 && g[0].var == &xkey, "%zu gradients", ng);
+			if (ng != 1)
+				break;
+			CHECK(w, g[0].grad.device_type == RDAG_DEV_CUDA && g[0].grad.device_index == 0 &&
+				 rdag_tensor_nbytes(&g[0].grad) == GB_N * sizeof(float),
+			      "pass %d: dx on device %u:%u", pass, g[0].grad.device_type,
+			      g[0].grad.device_index);
+			if (gb_all(g[0].grad.data, GB_N, 3.0f * (float)pass, why, sizeof(why)))
+				CHECK(w, 0, "pass %d: dx: %s", pass, why);
+		}
+		rdag_future_free(f);
+		CHECK_RC(w, rdag_ctx_release(w->a, c), 0, "release");
+out0:
+		gpu_mem_free(dx);
+		gpu_mem_free(dl);
+		free(h);
+	}
+	am_barrier(w, "gpu_backward: done");
+	rdag_graph_destroy(gb_graph);
+	gb_graph = NULL;
 }
