@@ -198,6 +198,19 @@ int gpu_stage_to_host(struct gpu_stage *s, const void *src, size_t len);
 int gpu_stage_to_device(struct gpu_stage *s, void *dst, size_t len);
 /* 0 when the last copy is done, RDAG_EAGAIN while it runs, else an error. Never blocks. */
 int gpu_stage_test(struct gpu_stage *s);
+/* Which device a stage copies to and from. */
+int gpu_stage_device(const struct gpu_stage *s);
+
+/*
+ * A process-wide pool of stages, so that pinned memory is allocated once per size, not per
+ * message: gpu_stage_get hands out an idle stage of device with room for len bytes (the
+ * smallest that fits, at most twice len) or creates one (len rounded up to 64 KiB);
+ * gpu_stage_put gives it back once its copy is done and its buffer no longer read. At most
+ * GPU_STAGE_POOL idle stages are kept; others are destroyed. Thread-safe.
+ */
+#define GPU_STAGE_POOL 16
+int gpu_stage_get(int device, size_t len, struct gpu_stage **out);
+void gpu_stage_put(struct gpu_stage *s);
 
 /* ---- NCCL point-to-point (gpu_nccl.c) ---- */
 

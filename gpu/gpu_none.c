@@ -117,3 +117,19 @@ int gpu_stage_test(struct gpu_stage *s)
 {
 	return NOCUDA();
 }
+
+int gpu_stage_device(const struct gpu_stage *s)
+{
+	return -1;
+}
+
+int gpu_stage_get(int device, size_t len, struct gpu_stage **out)
+{
+	if (out)
+		*out = NULL;
+	return NOCUDA();
+}
+
+void gpu_stage_put(struct gpu_stage *s)
+{
+}

@@ -1,4 +1,6 @@
 /* Host staging: pinned bounce buffer (cuMemHostAlloc), async copies on a stream, event polling. */
+#include <pthread.h>
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "gpu/gpu.h"
@@ -130,4 +132,57 @@ int gpu_stage_test(struct gpu_stage *s)
 		return RDAG_EAGAIN;
 	s->pending = 0;
 	return r == CUDA_SUCCESS ? 0 : gpu_cu_err(r, "cuEventQuery (staging)");
+}
+
+int gpu_stage_device(const struct gpu_stage *s)
+{
+	return s->device;
+}
+
+static struct {
+	pthread_mutex_t lock;
+	struct gpu_stage *idle[GPU_STAGE_POOL];
+	unsigned n;
+} pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+int gpu_stage_get(int device, size_t len, struct gpu_stage **out)
+{
+	size_t most = len > SIZE_MAX / 2 ? SIZE_MAX : 2 * len, cap;
+	unsigned best = GPU_STAGE_POOL;
+
+	if (!out)
+		return err_set(RDAG_EINVAL, "gpu: gpu_stage_get without an output");
+	*out = NULL;
+	pthread_mutex_lock(&pool.lock);
+	for (unsigned i = 0; i < pool.n; i++) {
+		size_t c = pool.idle[i]->capacity;
+
+		if (pool.idle[i]->device == device && c >= len && c <= most &&
+		    (best == GPU_STAGE_POOL || c < pool.idle[best]->capacity))
+			best = i;
+	}
+	if (best < GPU_STAGE_POOL) {
+		*out = pool.idle[best];
+		pool.idle[best] = pool.idle[--pool.n];
+	}
+	pthread_mutex_unlock(&pool.lock);
+	if (*out)
+		return 0;
+	cap = len < ((size_t)64 << 10) ? (size_t)64 << 10 : (len + 4095) & ~(size_t)4095;
+	return gpu_stage_create(device, cap, out);
+}
+
+void gpu_stage_put(struct gpu_stage *s)
+{
+	if (!s)
+		return;
+	if (!s->pending) {
+		pthread_mutex_lock(&pool.lock);
+		if (pool.n < GPU_STAGE_POOL) {
+			pool.idle[pool.n++] = s;
+			s = NULL;
+		}
+		pthread_mutex_unlock(&pool.lock);
+	}
+	gpu_stage_destroy(s); /* a full pool, or a copy never seen done: not reused */
 }

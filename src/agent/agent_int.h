@@ -116,7 +116,7 @@ struct ag_out {
 	struct xport_tensor *tensors;
 	/* owned memory freed with the message */
 	void *own[4];
-	void **staged;             /* [ntensors] host copies of device tensors (gbuf), or NULL */
+	struct gpu_stage **staged; /* [ntensors] pinned copies of device tensors (pool), or NULL */
 };
 
 int ag_encode(void *arg, void *buf, size_t cap, const struct wire_env *env,

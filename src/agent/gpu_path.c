@@ -1,5 +1,6 @@
 /* The GPU data path per peer pair: what this worker offers in its handshake, and the choice made
  * with each peer's offer (RDAG_GPU_TRANSPORT) once the transport is up. */
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -9,7 +10,6 @@
 #include "bootstrap/boot.h"
 #include "gpu/gpu.h"
 #include "util/err.h"
-#include "util/gbuf.h"
 #include "util/log.h"
 
 uint16_t ag_gpu_offer(rdag_agent_t *a)
@@ -182,7 +182,6 @@ int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o)
 		uint64_t nb = t->desc.nbytes;
 		struct gpu_ptr_info pi;
 		int to, rc;
-		void *h;
 
 		if (t->desc.dev_type != WIRE_DEV_CUDA || t->staged)
 			continue;
@@ -206,15 +205,23 @@ int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o)
 					       t->desc.dev_index, (unsigned long long)nb, t->data);
 			if (!o->staged && !(o->staged = calloc(o->ntensors, sizeof(*o->staged))))
 				return err_set(RDAG_ENOMEM, "out of memory staging device tensors");
-			h = gbuf_alloc(nb, false);
-			if (!h)
-				return err_set(RDAG_ENOMEM, "out of memory staging %llu bytes of tensor %u",
-					       (unsigned long long)nb, i);
-			o->staged[i] = h;
-			rc = gpu_memcpy_dtoh(h, t->data, nb);
-			if (rc)
+			/* A pinned buffer of the pool, filled by an async copy polled to its end. */
+			rc = gpu_stage_get(pi.device, nb, &o->staged[i]);
+			if (!rc)
+				rc = gpu_stage_to_host(o->staged[i], t->data, nb);
+			if (!rc) {
+				while ((rc = gpu_stage_test(o->staged[i])) == RDAG_EAGAIN)
+					sched_yield();
+			}
+			if (rc) {
+				rc = err_set(rc, "staging %llu bytes of tensor %u from CUDA device %u: %s",
+					     (unsigned long long)nb, i, t->desc.dev_index,
+					     rdag_last_error());
+				gpu_stage_put(o->staged[i]); /* destroyed if its copy never ended */
+				o->staged[i] = NULL;
 				return rc;
-			t->data = h;
+			}
+			t->data = gpu_stage_host(o->staged[i]);
 		}
 		t->desc.dev_index = (uint16_t)to;
 		t->staged = true;

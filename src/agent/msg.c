@@ -5,7 +5,6 @@
 
 #include "agent/agent_int.h"
 #include "util/err.h"
-#include "util/gbuf.h"
 #include "util/log.h"
 
 /* Encodes the innermost message of o at buf (zero env: it is wrapped) or with env (top level). */
@@ -108,7 +107,7 @@ void ag_out_free(struct ag_out *o)
 		free(o->own[i]);
 	if (o->staged) {
 		for (uint32_t i = 0; i < o->ntensors; i++)
-			gbuf_free(o->staged[i]);
+			gpu_stage_put(o->staged[i]);
 		free(o->staged);
 	}
 	if (o->events) {
