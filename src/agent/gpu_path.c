@@ -203,8 +203,12 @@ int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o)
 				return err_set(RDAG_EINVAL, "tensor %u says CUDA device %u, but its %llu "
 					       "bytes at %p are not in one allocation of that device", i,
 					       t->desc.dev_index, (unsigned long long)nb, t->data);
-			if (!o->staged && !(o->staged = calloc(o->ntensors, sizeof(*o->staged))))
-				return err_set(RDAG_ENOMEM, "out of memory staging device tensors");
+			if (!o->staged) {
+				/* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
+				o->staged = calloc(o->ntensors, sizeof(*o->staged));
+				if (!o->staged)
+					return err_set(RDAG_ENOMEM, "out of memory staging device tensors");
+			}
 			/* A pinned buffer of the pool, filled by an async copy polled to its end. */
 			rc = gpu_stage_get(pi.device, nb, &o->staged[i]);
 			if (!rc)
