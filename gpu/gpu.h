@@ -204,7 +204,8 @@ int gpu_stage_device(const struct gpu_stage *s);
 /*
  * A process-wide pool of stages, so that pinned memory is allocated once per size, not per
  * message: gpu_stage_get hands out an idle stage of device with room for len bytes (the
- * smallest that fits, at most twice len) or creates one (len rounded up to 64 KiB);
+ * smallest that fits, at most twice len or 64 KiB) or creates one (len rounded up to 4 KiB,
+ * at least 64 KiB);
  * gpu_stage_put gives it back once its copy is done and its buffer no longer read. At most
  * GPU_STAGE_POOL idle stages are kept; others are destroyed. Thread-safe.
  */

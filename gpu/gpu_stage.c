@@ -139,6 +139,8 @@ int gpu_stage_device(const struct gpu_stage *s)
 	return s->device;
 }
 
+#define STAGE_MIN ((size_t)64 << 10)
+
 static struct {
 	pthread_mutex_t lock;
 	struct gpu_stage *idle[GPU_STAGE_POOL];
@@ -147,7 +149,8 @@ static struct {
 
 int gpu_stage_get(int device, size_t len, struct gpu_stage **out)
 {
-	size_t most = len > SIZE_MAX / 2 ? SIZE_MAX : 2 * len, cap;
+	/* the smallest stage is 64 KiB: any smaller request may have one */
+	size_t most = len > SIZE_MAX / 2 ? SIZE_MAX : len < STAGE_MIN / 2 ? STAGE_MIN : 2 * len, cap;
 	unsigned best = GPU_STAGE_POOL;
 
 	if (!out)
@@ -168,7 +171,7 @@ int gpu_stage_get(int device, size_t len, struct gpu_stage **out)
 	pthread_mutex_unlock(&pool.lock);
 	if (*out)
 		return 0;
-	cap = len < ((size_t)64 << 10) ? (size_t)64 << 10 : (len + 4095) & ~(size_t)4095;
+	cap = len < STAGE_MIN ? STAGE_MIN : (len + 4095) & ~(size_t)4095;
 	return gpu_stage_create(device, cap, out);
 }
 

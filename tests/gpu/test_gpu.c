@@ -705,6 +705,34 @@ static void child_sim_driver(void)
 	CHILD_CHECK(rcache_dev_destroy(c) == 0 && f.regs == f.deregs);
 	printf("simulated driver: reallocation %s the address\n", d2 == d ? "reused" : "moved");
 	gpu_mem_free(d2);
+	/* The pool of staging buffers: reused by device and size, bounded. */
+	{
+		struct gpu_stage *s1, *s2, *s3, *many[GPU_STAGE_POOL + 2];
+
+		CHILD_CHECK(gpu_stage_get(0, 1000, &s1) == 0 && gpu_stage_capacity(s1) == 64u << 10);
+		CHILD_CHECK(gpu_stage_device(s1) == 0);
+		gpu_stage_put(s1);
+		CHILD_CHECK(gpu_stage_get(0, 40000, &s2) == 0 && s2 == s1); /* fits: reused */
+		CHILD_CHECK(gpu_stage_get(0, 40000, &s3) == 0 && s3 != s1); /* taken: a new one */
+		gpu_stage_put(s3);
+		gpu_stage_put(s2);
+		CHILD_CHECK(gpu_stage_get(1, 1000, &s3) == 0 && s3 != s1 && s3 != s2 &&
+			    gpu_stage_device(s3) == 1); /* another device */
+		gpu_stage_put(s3);
+		CHILD_CHECK(gpu_stage_get(0, 200000, &s3) == 0 && s3 != s1 && s3 != s2 &&
+			    gpu_stage_capacity(s3) == 200704); /* too small to reuse; 4 KiB rounded */
+		gpu_stage_put(s3);
+		CHILD_CHECK(gpu_stage_get(0, 1, &s3) == 0 && gpu_stage_capacity(s3) == 64u << 10 &&
+			    gpu_stage_device(s3) == 0); /* small: an idle 64 KiB one */
+		gpu_stage_put(s3);
+		CHILD_CHECK(gpu_stage_get(0, 90000, &s3) == 0 && gpu_stage_capacity(s3) == 90112);
+		gpu_stage_put(s3); /* at most twice the size: 200704 was not handed out for 90000 */
+		CHILD_CHECK(gpu_stage_get(7, 1, &s3) == RDAG_ENOGPU && s3 == NULL);
+		for (unsigned i = 0; i < GPU_STAGE_POOL + 2; i++)
+			CHILD_CHECK(gpu_stage_get(1, 4096, &many[i]) == 0);
+		for (unsigned i = 0; i < GPU_STAGE_POOL + 2; i++)
+			gpu_stage_put(many[i]); /* the pool keeps 16 idle ones, the rest are destroyed */
+	}
 	/* With a device present, host memory offered to ofi as CUDA memory is refused by rdag. */
 	child_ofi_hmem();
 }
