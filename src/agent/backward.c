@@ -716,7 +716,8 @@ static void ones_free(struct one *ones, uint32_t n)
 	free(ones);
 }
 
-static int seed(const struct rdag_tensor *root, uint32_t i, struct rdag_edge_grad *eg, struct one *store)
+static int seed(const struct rdag_tensor *root, uint32_t i, struct rdag_edge_grad *eg,
+		struct one *store)
 {
 	memset(eg, 0, sizeof(*eg));
 	if (!root->requires_grad)

@@ -166,7 +166,7 @@ static int mapped(rdag_agent_t *a, uint32_t dst, unsigned dev)
 {
 	int to = -1;
 
-	if (dev >= AG_MAX_DEVICES)
+	if (dev >= AG_MAX_DEVICES || dst >= a->world)
 		return -1;
 	pthread_mutex_lock(&a->devmap_lock);
 	if (a->devmap)
