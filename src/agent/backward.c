@@ -520,11 +520,8 @@ static int propagate(struct pass *p)
 		uint32_t m = 0;
 		int rc = 0;
 
-		if (!t || !o) {
-			free(t);
-			free(o);
+		if (!t || !o) /* both freed below */
 			rc = err_set(RDAG_ENOMEM, "out of memory sending gradients");
-		}
 		for (uint32_t j = 0; !rc && j < fn->ntensors; j++) {
 			const struct ctx_tmeta *mt = &fn->meta[j];
 

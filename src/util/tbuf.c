@@ -53,9 +53,12 @@ int tbuf_dup(const struct rdag_tensor *src, void **out)
 {
 	size_t nb = rdag_tensor_nbytes(src);
 	void *p = NULL, *h;
-	int rc = tbuf_alloc(src, nb, false, &p);
+	int rc;
 
 	*out = NULL;
+	if (nb && !src->data)
+		return err_set(RDAG_EINVAL, "a %zu-byte gradient without data", nb);
+	rc = tbuf_alloc(src, nb, false, &p);
 	if (rc)
 		return rc;
 	if (nb && !on_device(src)) {
