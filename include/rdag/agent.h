@@ -84,6 +84,11 @@ struct rdag_peer_info {
 	int gpu_rc;
 	const char *gpu_path;
 	char gpu_why[256];
+	/*
+	 * CUDA tensors (call arguments, replies, gradients) sent to this peer so far, staged
+	 * through host memory, and received from it and landed on a device here; with their bytes.
+	 */
+	uint64_t gpu_tensors_out, gpu_bytes_out, gpu_tensors_in, gpu_bytes_in;
 };
 
 /*

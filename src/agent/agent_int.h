@@ -245,10 +245,11 @@ struct rdag_agent {
  */
 int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o);
 /* t from rt, landed on its device first for a CUDA descriptor (rt->dev). */
-int ag_tensor_land(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t index);
+int ag_tensor_land(rdag_agent_t *a, uint32_t src, struct rdag_tensor *t,
+		   struct xport_rx_tensor *rt, uint32_t index);
 /* The same on the device the receiver chooses (dev_type RDAG_DEV_CPU: host bytes expected). */
-int ag_tensor_land_on(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t index,
-		      uint8_t dev_type, uint16_t dev_index);
+int ag_tensor_land_on(rdag_agent_t *a, uint32_t src, struct rdag_tensor *t,
+		      struct xport_rx_tensor *rt, uint32_t index, uint8_t dev_type, uint16_t dev_index);
 /* Frees what ag_tensor_land made for rx's tensors. */
 void ag_rx_unland(struct xport_rx *rx);
 
@@ -257,6 +258,8 @@ struct ag_gpu_path {
 	enum gpu_transport t;      /* valid when rc == 0 */
 	int rc;                    /* 0, or why there is none (RDAG_ENOCUDA, RDAG_ENOGPU, ...) */
 	char why[256];
+	/* device tensors staged through host memory to this peer / landed on a device from it */
+	atomic_uint_fast64_t staged_tensors, staged_bytes, landed_tensors, landed_bytes;
 };
 
 /* Probes CUDA and NCCL into a->gpu_local; returns the handshake offer (WIRE_HS_* bits). */

@@ -868,8 +868,8 @@ void ag_serve_backward(struct ag_job *j)
 		roots[i].edge.node = e->node;
 		roots[i].edge.input_nr = e->input_nr;
 		/* A gradient lands where its forward tensor was, whatever the sender says. */
-		rc = ag_tensor_land_on(&roots[i].grad, &in->rx->tensors[i], i, e->meta.dev_type,
-				       e->meta.dev_index);
+		rc = ag_tensor_land_on(a, in->src, &roots[i].grad, &in->rx->tensors[i], i,
+				       e->meta.dev_type, e->meta.dev_index);
 		if (rc)
 			rc = err_set(rc, "worker %u: gradient %u: %s", a->id, i, rdag_last_error());
 		else if (roots[i].grad.dtype != e->meta.dtype)

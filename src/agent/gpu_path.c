@@ -100,6 +100,10 @@ int rdag_peer_info(rdag_agent_t *a, uint32_t peer, struct rdag_peer_info *out)
 		out->offers |= RDAG_PEER_OFFER_NCCL;
 	out->gpu_rc = gp->rc;
 	out->gpu_path = gp->rc ? NULL : gpu_transport_name(gp->t);
+	out->gpu_tensors_out = atomic_load(&gp->staged_tensors);
+	out->gpu_bytes_out = atomic_load(&gp->staged_bytes);
+	out->gpu_tensors_in = atomic_load(&gp->landed_tensors);
+	out->gpu_bytes_in = atomic_load(&gp->landed_bytes);
 	snprintf(out->gpu_why, sizeof(out->gpu_why), "%s", gp->why);
 	return 0;
 }
@@ -229,11 +233,16 @@ int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o)
 		}
 		t->desc.dev_index = (uint16_t)to;
 		t->staged = true;
+		if (a->gpu_path && dst < a->world) {
+			atomic_fetch_add(&a->gpu_path[dst].staged_tensors, 1);
+			atomic_fetch_add(&a->gpu_path[dst].staged_bytes, nb);
+		}
 	}
 	return 0;
 }
 
-int ag_tensor_land(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t index)
+int ag_tensor_land(rdag_agent_t *a, uint32_t src, struct rdag_tensor *t,
+		   struct xport_rx_tensor *rt, uint32_t index)
 {
 	uint64_t nb = rt->desc.nbytes;
 	int rc;
@@ -255,12 +264,16 @@ int ag_tensor_land(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t i
 				       rt->desc.dev_index, rdag_last_error());
 		}
 	}
+	if (a->gpu_path && src < a->world) {
+		atomic_fetch_add(&a->gpu_path[src].landed_tensors, 1);
+		atomic_fetch_add(&a->gpu_path[src].landed_bytes, nb);
+	}
 	t->data = rt->dev;
 	return 0;
 }
 
-int ag_tensor_land_on(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_t index,
-		      uint8_t dev_type, uint16_t dev_index)
+int ag_tensor_land_on(rdag_agent_t *a, uint32_t src, struct rdag_tensor *t,
+		      struct xport_rx_tensor *rt, uint32_t index, uint8_t dev_type, uint16_t dev_index)
 {
 	if (dev_type == RDAG_DEV_CPU) {
 		if (rt->desc.dev_type != WIRE_DEV_CPU)
@@ -275,7 +288,7 @@ int ag_tensor_land_on(struct rdag_tensor *t, struct xport_rx_tensor *rt, uint32_
 		return err_set(RDAG_EINVAL, "tensor %u already landed elsewhere", index);
 	rt->desc.dev_type = WIRE_DEV_CUDA;
 	rt->desc.dev_index = dev_index;
-	return ag_tensor_land(t, rt, index);
+	return ag_tensor_land(a, src, t, rt, index);
 }
 
 void ag_rx_unland(struct xport_rx *rx)

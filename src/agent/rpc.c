@@ -733,7 +733,7 @@ void ag_handle_reply(struct ag_in *in)
 			goto out;
 		}
 		for (uint32_t i = 0; i < n && !rc; i++)
-			rc = ag_tensor_land(&f->tensors[i], &in->rx->tensors[i], i);
+			rc = ag_tensor_land(a, in->src, &f->tensors[i], &in->rx->tensors[i], i);
 		if (rc) {
 			snprintf(text, sizeof(text), "worker %u: the reply of worker %u: %s", a->id,
 				 in->src, rdag_last_error());
@@ -1058,7 +1058,7 @@ void ag_serve(struct ag_job *j)
 	}
 	r->a = a;
 	for (uint32_t i = 0; i < n && !rc; i++)
-		rc = ag_tensor_land(&ts[i], &in->rx->tensors[i], i);
+		rc = ag_tensor_land(a, in->src, &ts[i], &in->rx->tensors[i], i);
 	if (rc) {
 		rc = err_set(rc, "worker %u: %s", a->id, rdag_last_error());
 		goto fail;

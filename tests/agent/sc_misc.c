@@ -1124,6 +1124,24 @@ void sc_gpu_rpc(struct am_worker *w)
 	}
 out:
 	am_barrier(w, "gpu_rpc: done");
+	/*
+	 * What went through host staging, per peer. Worker 0 staged 22 tensors to 1: the one for
+	 * device 63, the one whose reply had no map back, 20 good calls (the unmapped one and the
+	 * host memory were refused first). Worker 1 landed 21 (not the one for device 63) and staged
+	 * 20 replies (not the unmapped one), which worker 0 landed.
+	 */
+	{
+		struct rdag_peer_info pi;
+		uint64_t out = w->rank ? 20 : 22, in = w->rank ? 21 : 20;
+
+		CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)(1 - w->rank), &pi), 0, "rdag_peer_info");
+		CHECK(w, pi.gpu_tensors_out == out && pi.gpu_bytes_out == out * GR_BYTES &&
+			 pi.gpu_tensors_in == in && pi.gpu_bytes_in == in * GR_BYTES,
+		      "device tensors: %llu out (%llu bytes), %llu in (%llu bytes); want %llu and %llu",
+		      (unsigned long long)pi.gpu_tensors_out, (unsigned long long)pi.gpu_bytes_out,
+		      (unsigned long long)pi.gpu_tensors_in, (unsigned long long)pi.gpu_bytes_in,
+		      (unsigned long long)out, (unsigned long long)in);
+	}
 	gpu_mem_free(d);
 	free(h);
 }
@@ -1355,6 +1373,18 @@ out0:
 		free(h);
 	}
 	am_barrier(w, "gpu_backward: done");
+	/* Each way: x (or y), then one gradient per pass, 16 KiB each, all device tensors. */
+	{
+		struct rdag_peer_info pi;
+		const uint64_t nb = GB_N * sizeof(float);
+
+		CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)(1 - w->rank), &pi), 0, "rdag_peer_info");
+		CHECK(w, pi.gpu_tensors_out == 3 && pi.gpu_bytes_out == 3 * nb &&
+			 pi.gpu_tensors_in == 3 && pi.gpu_bytes_in == 3 * nb,
+		      "device tensors: %llu out (%llu bytes), %llu in (%llu bytes); want 3 each way",
+		      (unsigned long long)pi.gpu_tensors_out, (unsigned long long)pi.gpu_bytes_out,
+		      (unsigned long long)pi.gpu_tensors_in, (unsigned long long)pi.gpu_bytes_in);
+	}
 	rdag_graph_destroy(gb_graph);
 	gb_graph = NULL;
 }
