@@ -327,8 +327,7 @@ static int acc(struct rdag_tensor *dst, struct rdag_tensor *src, bool take, bool
 {
 	int rc;
 
-	if (dst->data && (dst->device_type != src->device_type ||
-			  (dst->device_type != RDAG_DEV_CPU && dst->device_index != src->device_index))) {
+	if (dst->data && !tbuf_same_device(dst, src)) {
 		rc = err_set(RDAG_EINVAL, "gradients on devices %u:%u and %u:%u for one tensor",
 			     dst->device_type, dst->device_index, src->device_type,
 			     src->device_index);

@@ -220,8 +220,7 @@ static int check_shape(const struct rdag_tensor *meta, const struct rdag_tensor 
 		return err_set(RDAG_EINVAL, "a gradient of dtype %u with %zu elements flows into a "
 			       "tensor of dtype %u with %zu", g->dtype, numel(g), meta->dtype,
 			       numel(meta));
-	if (g->device_type != meta->device_type ||
-	    (meta->device_type != RDAG_DEV_CPU && g->device_index != meta->device_index))
+	if (!tbuf_same_device(g, meta))
 		return err_set(RDAG_EINVAL, "a gradient on device %u:%u flows into a tensor on device "
 			       "%u:%u", g->device_type, g->device_index, meta->device_type,
 			       meta->device_index);

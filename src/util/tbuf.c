@@ -14,6 +14,12 @@ static bool on_device(const struct rdag_tensor *t)
 	return t->device_type == RDAG_DEV_CUDA;
 }
 
+bool tbuf_same_device(const struct rdag_tensor *a, const struct rdag_tensor *b)
+{
+	return a->device_type == b->device_type &&
+	       (a->device_type == RDAG_DEV_CPU || a->device_index == b->device_index);
+}
+
 int tbuf_alloc(const struct rdag_tensor *meta, size_t nb, bool zero, void **out)
 {
 	void *p = NULL;
@@ -87,7 +93,7 @@ int tbuf_add(struct rdag_tensor *dst, const struct rdag_tensor *src)
 
 	if (!on_device(dst) && !on_device(src))
 		return rdag_tensor_add(dst, src);
-	if (dst->device_type != src->device_type || dst->device_index != src->device_index)
+	if (!tbuf_same_device(dst, src))
 		return err_set(RDAG_EINVAL, "adding a gradient of device %u:%u into one of device %u:%u",
 			       src->device_type, src->device_index, dst->device_type,
 			       dst->device_index);

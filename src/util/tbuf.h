@@ -15,6 +15,8 @@
  * device gradient that meets a second one costs two copies each way (docs/gpu.md).
  */
 
+/* Whether a and b live on the same device (the CPU's index is not compared). */
+bool tbuf_same_device(const struct rdag_tensor *a, const struct rdag_tensor *b);
 /* nb bytes on meta's device (zeroed when zero) in *out; the error (RDAG_ENOMEM, ...) else. */
 int tbuf_alloc(const struct rdag_tensor *meta, size_t nb, bool zero, void **out);
 /* Frees t->data, which tbuf_alloc made for t's device (NULL is a no-op). */

@@ -932,6 +932,20 @@ static void gr_free_sent(void *arg)
 	free(s);
 }
 
+/* Replies with device tensor t over s's memory (freed once sent), or with the error rc. */
+static int gr_reply(rdag_reply_t *out, int rc, const struct rdag_tensor *t, struct gr_sent *s,
+		    const char *who)
+{
+	if (!rc)
+		rc = rdag_reply_tensor(out, t);
+	if (rc) {
+		gr_free_sent(s);
+		return rdag_reply_error(out, rc, "%s: %s", who, rdag_last_error());
+	}
+	rdag_reply_on_sent(out, gr_free_sent, s);
+	return 0;
+}
+
 /*
  * "gpu_add": the payload is {seed, want device}. The one argument must be a CUDA tensor on that
  * device holding seed's pattern; the reply is a new device tensor there with seed + 1's.
@@ -965,14 +979,7 @@ int am_fn_gpu_add(void *arg, const struct rdag_caller *who, const struct rdag_ms
 	rc = gpu_memcpy_htod(s->d, h, GR_BYTES);
 	free(h);
 	gr_tensor(&t, s->d, GR_BYTES, (int)p[1]);
-	if (!rc)
-		rc = rdag_reply_tensor(out, &t);
-	if (rc) {
-		gr_free_sent(s);
-		return rdag_reply_error(out, rc, "gpu_add: %s", rdag_last_error());
-	}
-	rdag_reply_on_sent(out, gr_free_sent, s);
-	return 0;
+	return gr_reply(out, rc, &t, s, "gpu_add");
 }
 
 /* A call of gpu_add from device dev's memory to dst, expected on dst's device dst_dev. */
@@ -1255,14 +1262,8 @@ int am_fn_gpu_scale(void *arg, const struct rdag_caller *who, const struct rdag_
 		y.grad_kind = RDAG_GRAD_NODE;
 		y.grad_fn.node = node;
 		y.grad_fn.input_nr = 0;
-		rc = rdag_reply_tensor(out, &y);
 	}
-	if (rc) {
-		gr_free_sent(s);
-		return rdag_reply_error(out, rc, "gpu_scale: %s", rdag_last_error());
-	}
-	rdag_reply_on_sent(out, gr_free_sent, s);
-	return 0;
+	return gr_reply(out, rc, &y, s, "gpu_scale");
 }
 
 /* Every one of n floats at device memory d equals want. */
