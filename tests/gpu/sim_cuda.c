@@ -8,11 +8,13 @@
  * - Every allocation has a buffer id that is never reused, as CU_POINTER_ATTRIBUTE_BUFFER_ID.
  * - Streams queue their async copies; an event recorded on a stream answers CUDA_ERROR_NOT_READY
  *   to its first query, then runs the stream's copies up to it and answers CUDA_SUCCESS, so
- *   callers must poll. cuStreamDestroy runs what is still queued.
+ *   callers must poll. cuStreamDestroy runs what is still queued. The simulated NCCL
+ *   (sim_nccl.c, in the same library where nccl.h is) queues its transfers on streams too: an
+ *   event past one is ready only once the transfer is done.
  * - No dma-buf, no GPUDirect: cuMemGetHandleForAddressRange answers CUDA_ERROR_NOT_SUPPORTED.
  *
- * Built only where cuda.h is (the prototypes and enum values are the real ones). Not thread-safe
- * beyond one lock around its tables, which is all the tests need.
+ * Built only where cuda.h is (the prototypes and enum values are the real ones). One lock around
+ * its tables and one per stream, which is all the tests need.
  */
 #include <cuda.h>
 #include <pthread.h>
@@ -21,6 +23,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+
+#include "sim_int.h"
 
 #define SIM_DEVICES 2
 #define SIM_MAX_ALLOCS 4096
@@ -38,10 +42,13 @@ struct sim_op {
 	void *dst;
 	const void *src;
 	size_t len;
+	struct sim_wait *wait;  /* not a copy: done when wait->done (the simulated NCCL's transfers) */
 };
 
 struct CUstream_st {
+	pthread_mutex_t lock;   /* streams are used from several threads, as on a GPU */
 	struct sim_op ops[SIM_MAX_OPS];
+	unsigned head;          /* the next op to run */
 	unsigned nops;
 	unsigned long long seq; /* ops queued so far */
 	unsigned long long run; /* ops run so far */
@@ -353,13 +360,39 @@ CUresult cuMemcpyDtoH(void *dst, CUdeviceptr src, size_t len)
 	return CUDA_SUCCESS;
 }
 
-/* Runs a stream's queued copies. */
-static void drain(struct CUstream_st *s)
+/* Runs a stream's queued ops in order, up to the first transfer still running. Stream lock held. */
+static void advance(struct CUstream_st *s)
 {
-	for (unsigned i = 0; i < s->nops; i++)
-		memcpy(s->ops[i].dst, s->ops[i].src, s->ops[i].len);
-	s->run += s->nops;
-	s->nops = 0;
+	while (s->head < s->nops) {
+		struct sim_op *o = &s->ops[s->head];
+
+		if (o->wait) {
+			if (!atomic_load(&o->wait->done))
+				break;
+			sim_wait_put(o->wait);
+		} else {
+			memcpy(o->dst, o->src, o->len);
+		}
+		s->head++;
+		s->run++;
+	}
+	if (s->head == s->nops)
+		s->head = s->nops = 0;
+}
+
+static CUresult push(struct CUstream_st *s, struct sim_op op)
+{
+	pthread_mutex_lock(&s->lock);
+	if (s->nops == SIM_MAX_OPS)
+		advance(s);
+	if (s->nops == SIM_MAX_OPS) {
+		pthread_mutex_unlock(&s->lock);
+		return CUDA_ERROR_OUT_OF_MEMORY;
+	}
+	s->ops[s->nops++] = op;
+	s->seq++;
+	pthread_mutex_unlock(&s->lock);
+	return CUDA_SUCCESS;
 }
 
 static CUresult enqueue(CUstream s, void *dst, const void *src, size_t len)
@@ -368,11 +401,34 @@ static CUresult enqueue(CUstream s, void *dst, const void *src, size_t len)
 		memcpy(dst, src, len);
 		return CUDA_SUCCESS;
 	}
-	if (s->nops == SIM_MAX_OPS)
-		drain(s);
-	s->ops[s->nops++] = (struct sim_op){dst, src, len};
-	s->seq++;
-	return CUDA_SUCCESS;
+	return push(s, (struct sim_op){dst, src, len, NULL});
+}
+
+CUresult sim_stream_push_wait(CUstream s, struct sim_wait *w)
+{
+	if (!s)
+		return CUDA_ERROR_INVALID_VALUE;
+	return push(s, (struct sim_op){NULL, NULL, 0, w});
+}
+
+void *sim_dev_bytes(CUdeviceptr d, size_t len, int *device)
+{
+	struct sim_alloc *a;
+	void *p = NULL;
+
+	pthread_mutex_lock(&lock);
+	a = find((uintptr_t)d, len ? len : 1);
+	if (a && a->device >= 0) {
+		p = (uint8_t *)a->bytes + ((uintptr_t)d - a->base);
+		*device = a->device;
+	}
+	pthread_mutex_unlock(&lock);
+	return p;
+}
+
+int sim_current_device(void)
+{
+	return current ? current->device : -1;
 }
 
 CUresult cuMemcpyHtoDAsync(CUdeviceptr dst, const void *src, size_t len, CUstream s)
@@ -416,14 +472,24 @@ CUresult cuStreamCreate(CUstream *s, unsigned int flags)
 	if (!current)
 		return CUDA_ERROR_INVALID_CONTEXT;
 	*s = calloc(1, sizeof(**s));
-	return *s ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+	if (!*s)
+		return CUDA_ERROR_OUT_OF_MEMORY;
+	pthread_mutex_init(&(*s)->lock, NULL);
+	return CUDA_SUCCESS;
 }
 
 CUresult cuStreamDestroy(CUstream s)
 {
 	if (!s)
 		return CUDA_ERROR_INVALID_VALUE;
-	drain(s);
+	pthread_mutex_lock(&s->lock);
+	advance(s);
+	/* Transfers still running keep their own reference: only the stream's goes. */
+	for (unsigned i = s->head; i < s->nops; i++)
+		if (s->ops[i].wait)
+			sim_wait_put(s->ops[i].wait);
+	pthread_mutex_unlock(&s->lock);
+	pthread_mutex_destroy(&s->lock);
 	free(s);
 	return CUDA_SUCCESS;
 }
@@ -440,7 +506,11 @@ CUresult cuEventRecord(CUevent e, CUstream s)
 	if (!e)
 		return CUDA_ERROR_INVALID_VALUE;
 	e->stream = s;
-	e->mark = s ? s->seq : 0;
+	if (s) {
+		pthread_mutex_lock(&s->lock);
+		e->mark = s->seq;
+		pthread_mutex_unlock(&s->lock);
+	}
 	e->queried = 0;
 	return CUDA_SUCCESS;
 }
@@ -449,12 +519,21 @@ CUresult cuEventQuery(CUevent e)
 {
 	if (!e)
 		return CUDA_ERROR_INVALID_VALUE;
-	if (!e->stream || e->stream->run >= e->mark)
+	CUresult r;
+
+	if (!e->stream)
 		return CUDA_SUCCESS;
-	if (!e->queried++)
-		return CUDA_ERROR_NOT_READY;
-	drain(e->stream);
-	return CUDA_SUCCESS;
+	pthread_mutex_lock(&e->stream->lock);
+	if (e->stream->run >= e->mark) {
+		r = CUDA_SUCCESS;
+	} else if (!e->queried++) {
+		r = CUDA_ERROR_NOT_READY;
+	} else {
+		advance(e->stream);
+		r = e->stream->run >= e->mark ? CUDA_SUCCESS : CUDA_ERROR_NOT_READY;
+	}
+	pthread_mutex_unlock(&e->stream->lock);
+	return r;
 }
 
 CUresult cuEventDestroy(CUevent e)
