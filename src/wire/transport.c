@@ -8,7 +8,7 @@
  *   32 u64 job_token | 40 u64 arena_addr | 48 u64 arena_key | 56 u64 arena_size
  *   64 u32 credits | 68 u32 max_msg
  * CREDIT body (8 bytes, message 32): 24 u32 credits | 28 u32 reserved (0)
- * NCCL_ID body (136 bytes, message 160): 24 u32 device | 28 u32 reserved (0) | 32 u8 id[128]
+ * NCCL_ID body (136 bytes, message 160): 24 u32 device | 28 u32 peer_device | 32 u8 id[128]
  */
 #define HS_SIZE 72u
 #define CREDIT_SIZE 32u
@@ -94,7 +94,7 @@ int wire_encode_nccl_id(void *buf, size_t cap, const struct wire_env *env,
 		return rc;
 	wire_put_hdr(p, WIRE_NCCL_ID, NCCL_ID_SIZE, env);
 	st32(p + 24, n->device);
-	st32(p + 28, 0);
+	st32(p + 28, n->peer_device);
 	memcpy(p + 32, n->id, WIRE_NCCL_ID_BYTES);
 	return 0;
 }
@@ -110,9 +110,8 @@ int wire_dec_transport(const uint8_t *b, const uint8_t *end, struct wire_msg *m)
 		if (rc)
 			return rc;
 		m->u.nccl_id.device = ld32(p + 24);
+		m->u.nccl_id.peer_device = ld32(p + 28);
 		m->u.nccl_id.id = p + 32;
-		if (ld32(p + 28))
-			return err_set(RDAG_EWIRE_FIELD, "wire: NCCL_ID: non-zero reserved field");
 		return 0;
 	}
 

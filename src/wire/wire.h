@@ -271,6 +271,7 @@ struct wire_credit {
 /* NCCL_ID: the bytes of an ncclUniqueId the sender made for the communicator of this pair. */
 struct wire_nccl_id {
 	uint32_t device;               /* the sender's CUDA device ordinal for the communicator */
+	uint32_t peer_device;          /* the receiver's device ordinal for it */
 	const uint8_t *id;             /* WIRE_NCCL_ID_BYTES bytes (a view into the message) */
 };
 

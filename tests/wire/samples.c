@@ -253,7 +253,8 @@ int sample_encode(unsigned i, void *buf, size_t cap, size_t *len)
 		for (unsigned k = 0; k < sizeof(id); k++)
 			id[k] = i == S_NCCL_ID_0 ? 0 : (uint8_t)(0xff - k);
 		return wire_encode_nccl_id(buf, cap, i == S_NCCL_ID_0 ? &env_zero : &env_max,
-					   &(struct wire_nccl_id){i == S_NCCL_ID_0 ? 0 : UINT32_MAX, id},
+					   &(struct wire_nccl_id){i == S_NCCL_ID_0 ? 0 : UINT32_MAX,
+								  i == S_NCCL_ID_0 ? 0 : UINT32_MAX, id},
 					   len);
 	}
 	case S_EXC_EMPTY:
