@@ -106,7 +106,7 @@ static int wait_for(struct bw *b, const uint64_t *counter, uint64_t target, cons
 
 static int client_round(struct bw *b, size_t size, long count, uint64_t *elapsed)
 {
-	struct xport_tensor t;
+	struct xport_tensor t = {0};
 	uint64_t t0, acks = b->acks + 1;
 	int rc = 0;
 

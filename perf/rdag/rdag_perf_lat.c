@@ -71,7 +71,7 @@ static void on_done(void *arg, int status)
 /* Sends the current message (and tensor) to peer. */
 static int send_msg(struct lat *l, uint32_t peer, uint64_t req)
 {
-	struct xport_tensor t;
+	struct xport_tensor t = {0};
 	int rc;
 
 	t.data = l->payload;

@@ -341,7 +341,16 @@ static void user_msg(struct xport *x, struct xp_peer *p, struct xp_recv *r)
 			rc = rdv_prepare(x, p, r, i, &d->desc, &d->data, why, sizeof(why));
 			break;
 		case WIRE_LOC_NCCL:
+			/* Bytes the agent receives by NCCL: only CUDA tensors, and only if we offered it. */
 			d->data = NULL;
+			if (!(x->o.offer & WIRE_HS_NCCL)) {
+				snprintf(why, sizeof(why), "goes by NCCL, which this worker did not offer");
+				rc = RDAG_EINVAL;
+			} else if (d->desc.dev_type != WIRE_DEV_CUDA || d->desc.nbytes == 0) {
+				snprintf(why, sizeof(why), "goes by NCCL but is not a CUDA tensor with "
+					 "bytes");
+				rc = RDAG_EINVAL;
+			}
 			break;
 		default:
 			snprintf(why, sizeof(why), "uses tensor location %u, which this transport does not "

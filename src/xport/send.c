@@ -620,6 +620,19 @@ static int build_user(struct xport *x, struct xp_peer *p, struct xp_op *op, uint
 			t->index = i;
 			wt[i] = tensors[i].desc;
 			memset(&wt[i].u, 0, sizeof(wt[i].u));
+			if (tensors[i].nccl) {
+				/* The agent moves it by NCCL; the descriptor only names it. */
+				if (wt[i].dev_type != WIRE_DEV_CUDA || !nb) {
+					rc = err_set(RDAG_EINVAL, "xport: tensor %u goes by NCCL but is "
+						     "not a CUDA tensor with bytes", i);
+					goto undo;
+				}
+				t->loc = WIRE_LOC_NCCL;
+				t->len = 0;
+				wt[i].loc = WIRE_LOC_NCCL;
+				wt[i].u.nccl_tag = tensors[i].nccl_tag;
+				continue;
+			}
 			if (nb && !t->data) {
 				rc = err_set(RDAG_EINVAL, "xport: tensor %u has %llu bytes but no data", i,
 					     (unsigned long long)nb);
@@ -667,7 +680,7 @@ static int build_user(struct xport *x, struct xp_peer *p, struct xp_op *op, uint
 	for (uint32_t i = 0; i < n; i++) {
 		struct xp_stensor *t = &op->t[i];
 
-		if (t->loc == WIRE_LOC_INLINE)
+		if (t->loc == WIRE_LOC_INLINE || t->loc == WIRE_LOC_NCCL)
 			continue;
 		rc = rcache_lookup(x->rc, t->data, (size_t)t->len, FAB_ACCESS_LOCAL, &t->reg);
 		if (rc)
@@ -678,6 +691,8 @@ static int build_user(struct xport *x, struct xp_peer *p, struct xp_op *op, uint
 	for (uint32_t i = 0; i < n; i++) {
 		if (op->t[i].loc == WIRE_LOC_INLINE)
 			x->st.tensors_inline++;
+		else if (op->t[i].loc == WIRE_LOC_NCCL)
+			x->st.tensors_nccl++;
 		else if (op->t[i].loc == WIRE_LOC_SLOT)
 			x->st.tensors_eager++;
 		else

@@ -162,6 +162,8 @@ struct xport_tensor {
 	const void *data;          /* desc.nbytes bytes (NULL allowed when 0) */
 	struct wire_tensor desc;   /* dtype, rank, shape, flags, device, nbytes; loc/u ignored */
 	bool staged;               /* data is host memory though desc names a device (host staging) */
+	bool nccl;                 /* moved by NCCL, not by the xport: location NCCL with nccl_tag */
+	uint64_t nccl_tag;
 };
 
 /*
@@ -191,6 +193,7 @@ struct xport_rx_tensor {
 	struct wire_tensor desc;   /* as sent; desc.loc says which protocol brought it */
 	void *data;                /* its desc.nbytes bytes (NULL for NCCL tensors, which the xport does not move) */
 	void *dev;                 /* the user's: NULL when delivered, never read or freed by the xport */
+	bool nccl_done;            /* the user's: its NCCL receive was tried (false when delivered) */
 };
 
 /* A delivered message: read-only for the receiver, valid until xport_release(). */
@@ -260,6 +263,7 @@ struct rcache *xport_rcache(struct xport *x);
 struct xport_stats {
 	uint64_t msgs_sent, msgs_recv;        /* user messages */
 	uint64_t tensors_inline, tensors_eager, tensors_rdv; /* sent, by protocol */
+	uint64_t tensors_nccl;     /* sent with location NCCL (the agent moved their bytes) */
 	uint64_t bytes_written;               /* by RDMA write (eager + rendezvous) */
 	uint64_t credit_msgs_sent;            /* explicit CREDIT messages */
 	uint64_t pings_sent;                  /* keepalives */

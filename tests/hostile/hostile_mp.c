@@ -62,6 +62,7 @@ struct hm {
 	int oversized;       /* scenario oversized: the rogue ends with a frame too large */
 	int cfg_oversized;   /* the same, seen by the honest workers */
 	char got_text[512];
+	int nccl_refusals;       /* NCCL_ID answers with no id (worker 1 refusing an offer) */
 };
 
 #define CHECK(h, cond, ...)                                                                        \
@@ -282,7 +283,12 @@ static void rogue_rx(void *arg, struct xport_rx *rx)
 {
 	struct hm *h = arg;
 
-	if (rx->msg.env.req_id == h->want_req) {
+	if (rx->msg.kind == WIRE_NCCL_ID) {
+		static const uint8_t none[WIRE_NCCL_ID_BYTES];
+
+		if (!memcmp(rx->msg.u.nccl_id.id, none, sizeof(none)))
+			h->nccl_refusals++;
+	} else if (rx->msg.env.req_id == h->want_req) {
 		h->got++;
 		h->got_kind = rx->msg.kind;
 		h->got_code = 0;
@@ -412,7 +418,7 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 {
 	uint8_t msg[1024], *big = NULL, *tensor = NULL;
 	struct wire_tensor t;
-	struct xport_tensor xt;
+	struct xport_tensor xt = {0};
 	float g = 1000.0f;
 	uint64_t c, d, mc, refused = 0;
 	void *base;
@@ -548,11 +554,21 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 		CHECK(h, rc == 0, "encoding RPC_CALL: %s", rdag_last_error());
 		if (!rc && !send_and_wait(h, 1, 525, msg, n, "a tensor for CUDA device 63"))
 			expect_exc(h, "a tensor for CUDA device 63", want, "tensor 0 for CUDA device 63");
+		/* 6c. A host tensor claiming to come by NCCL (its bytes nowhere): refused. */
+		f32_desc(&t, &g);
+		t.loc = WIRE_LOC_NCCL;
+		t.u.nccl_tag = 0;
+		env.req_id = 526;
+		rc = wire_encode_rpc_call(msg, sizeof(msg), &env, &call, &t, 1, &n);
+		CHECK(h, rc == 0, "encoding RPC_CALL: %s", rdag_last_error());
+		if (!rc && !send_and_wait(h, 1, 526, msg, n, "a host tensor by NCCL"))
+			expect_exc(h, "a host tensor by NCCL", RDAG_EINVAL, "goes by NCCL");
 	}
 	/*
 	 * 7. Transport messages it has no business sending: an RDV_DONE for a token worker 1 never
 	 * gave, a CREDIT returning 65535 credits it never took (only its own link can suffer), and
-	 * an NCCL_ID nobody asked for. None is answered; worker 1 must still answer the rogue's next
+	 * an NCCL_ID offer it cannot take (no NCCL path with the rogue): answered with a refusal (an
+	 * NCCL_ID without id), the others not at all; worker 1 must still answer the rogue's next
 	 * request.
 	 */
 	{
@@ -587,6 +603,8 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 		n = grad_req(h, msg, sizeof(msg), 530, d, mc, &t);
 		if (!send_and_wait(h, 1, 530, msg, n, "a request after the forgeries"))
 			expect_exc(h, "a request after the forgeries", RDAG_ENOENT, "no autograd context");
+		/* Sent before that answer on the same link, so it is here by now. */
+		CHECK(h, h->nccl_refusals == 1, "NCCL_ID offer: %d refusals, want 1", h->nccl_refusals);
 	}
 	/*
 	 * 8. A keepalive (HANDSHAKE) with another job's token hash: worker 1 cuts the rogue off

@@ -89,7 +89,7 @@ static int wait_for(struct mp_worker *w, const int *flag)
 
 static void send_eager(struct mp_worker *w, uint64_t req, uint8_t *buf)
 {
-	struct xport_tensor t;
+	struct xport_tensor t = {0};
 
 	mp_fill(buf, 65536, mp_seed(0, 1, req));
 	t.data = buf;
@@ -308,7 +308,7 @@ static void rcache_rx(struct mp_worker *w, struct xport_rx *rx)
 /* Sends n bytes at p (filled for seed) to rank 1 and waits for the send to finish. */
 static void rc_send(struct mp_worker *w, void *p, size_t n, uint64_t seed)
 {
-	struct xport_tensor t;
+	struct xport_tensor t = {0};
 
 	mp_fill(p, n, seed);
 	t.data = p;

@@ -396,7 +396,7 @@ void sc_tensors(struct mp_worker *w)
 	w->on_rx = tens_rx;
 	for (uint32_t i = 0; i < s.nmsgs && !w->fail; i++) {
 		struct tmsg *m = &s.msgs[i];
-		struct xport_tensor t[T_MAXT];
+		struct xport_tensor t[T_MAXT] = {{0}};
 		struct mp_rpc rpc = {"fn", "args", 4};
 		uint8_t *big = NULL;
 		xport_encode_fn enc = m->kind == 1 ? mp_enc_fwd : m->kind == 2 ? mp_enc_rpc : mp_enc_grad;
@@ -535,7 +535,7 @@ void sc_threads(struct mp_worker *w)
 	/* This thread only sends; the progress thread runs every callback. */
 	for (long i = 0; i < s.per_peer && !w->fail; i++) {
 		for (int r = 0; r < w->world; r++) {
-			struct xport_tensor t;
+			struct xport_tensor t = {0};
 			uint64_t k = (uint64_t)i % THR_SIZES;
 			int rc;
 
@@ -669,7 +669,7 @@ void sc_hold(struct mp_worker *w)
 		buf[2] = malloc(HOLD_BIG);
 		MP_CHECK(w, buf[0] && buf[1] && buf[2], "out of memory");
 		for (long seq = 0; seq < s.per_sender && !w->fail; seq++) {
-			struct xport_tensor t[3];
+			struct xport_tensor t[3] = {{0}};
 			struct mp_rpc rpc = {"hold", "", 0};
 			uint32_t n = seq % 16 == 0 ? 3 : 2;
 			static const size_t sz[3] = {HOLD_SMALL, HOLD_EAGER, HOLD_BIG};
