@@ -85,10 +85,12 @@ struct rdag_peer_info {
 	const char *gpu_path;
 	char gpu_why[256];
 	/*
-	 * CUDA tensors (call arguments, replies, gradients) sent to this peer so far, staged
-	 * through host memory, and received from it and landed on a device here; with their bytes.
+	 * CUDA tensors (call arguments, replies, gradients) sent to this peer so far, and received
+	 * from it and landed on a device here; with their bytes. Of these, gpu_nccl_tensors_out
+	 * and _in went by NCCL, device to device; the others were staged through host memory.
 	 */
 	uint64_t gpu_tensors_out, gpu_bytes_out, gpu_tensors_in, gpu_bytes_in;
+	uint64_t gpu_nccl_tensors_out, gpu_nccl_tensors_in;
 };
 
 /*

@@ -174,6 +174,7 @@ static void agent_free(rdag_agent_t *a)
 	pthread_mutex_destroy(&a->rref_lock);
 	pthread_mutex_destroy(&a->prof_lock);
 	pthread_mutex_destroy(&a->devmap_lock);
+	ag_nccl_fini(a);
 	free(a->devmap);
 	boot_close(a->b);
 	free(a->gpu_path);
@@ -218,6 +219,7 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	pthread_mutex_init(&a->rref_lock, NULL);
 	pthread_mutex_init(&a->prof_lock, NULL);
 	pthread_mutex_init(&a->devmap_lock, NULL);
+	ag_nccl_init(a, 0);
 	gbuf_use(true); /* large gradient buffers are kept for reuse while an agent is open */
 	atomic_init(&a->next_req, 1);
 	atomic_init(&a->next_rref, 0);
@@ -274,6 +276,7 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	xo.expect_arg = a;
 	xo.offer = ag_gpu_offer(a);
 	xport_fab_opts(&xo, a->world, a->id, &fo);
+	a->nccl_timeout_ms = xo.peer_timeout_ms > 0 ? xo.peer_timeout_ms : 30000;
 	fo.local_only = o.local_only || boot_all_local(a->b);
 	rc = fab_open(&fo, &ep);
 	if (rc)
@@ -344,6 +347,7 @@ int rdag_agent_close(rdag_agent_t *a)
 		LOG_WARN("agent: the closing barrier failed: %s", rdag_last_error());
 	stop_progress(a);
 	pool_stop(&a->pool);
+	ag_nccl_fini(a); /* after the barrier: nobody sends to us by NCCL any more */
 	xport_close(a->x);
 	ag_fail_peer(a, UINT32_MAX, RDAG_ECANCELED, "the agent was closed");
 	agent_free(a);

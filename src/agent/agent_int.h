@@ -117,6 +117,7 @@ struct ag_out {
 	/* owned memory freed with the message */
 	void *own[4];
 	struct gpu_stage **staged; /* [ntensors] pinned copies of device tensors (pool), or NULL */
+	struct ag_nccl_slot *nccl; /* [ntensors]: the tensors that go by NCCL (nccl.c), or NULL */
 };
 
 int ag_encode(void *arg, void *buf, size_t cap, const struct wire_env *env,
@@ -236,6 +237,12 @@ struct rdag_agent {
 	struct ag_gpu_path *gpu_path;   /* [world]: the GPU data path with each peer (ag_gpu_select) */
 	pthread_mutex_t devmap_lock;
 	int16_t (*devmap)[AG_MAX_DEVICES]; /* [world][local device]: the peer's device, -1: none */
+	pthread_mutex_t nccl_lock;      /* NCCL communicators (nccl.c) */
+	pthread_cond_t nccl_cond;
+	struct ag_nccl *nccl;
+	bool nccl_closing;
+	bool nccl_ended;
+	int nccl_timeout_ms;
 };
 
 /*
@@ -260,7 +267,37 @@ struct ag_gpu_path {
 	char why[256];
 	/* device tensors staged through host memory to this peer / landed on a device from it */
 	atomic_uint_fast64_t staged_tensors, staged_bytes, landed_tensors, landed_bytes;
+	/* ... of which these went by NCCL */
+	atomic_uint_fast64_t nccl_tensors_out, nccl_tensors_in;
 };
+
+/*
+ * Device tensors by NCCL (nccl.c). ag_nccl_take (from ag_stage_out) picks the communicator for
+ * tensor i from device dev to the peer's device to (made and waited for on first use; 0: none,
+ * stage through host); ag_nccl_post posts the message's sends; ag_send wraps its done in an
+ * ag_nccl_sent and waits for the sends after the control message left. ag_nccl_recv receives
+ * an NCCL tensor into a new buffer on its device (rt->dev); ag_nccl_drain receives what a
+ * released message never did.
+ */
+struct ag_nccl;
+struct ag_nccl_slot {
+	struct ag_nccl *e;         /* NULL: this tensor does not go by NCCL */
+	struct gpu_nccl_req *req;  /* at the first tensor of each communicator */
+};
+struct ag_nccl_sent;
+void ag_nccl_init(rdag_agent_t *a, int timeout_ms);
+void ag_nccl_fini(rdag_agent_t *a);
+bool ag_nccl_path(rdag_agent_t *a, uint32_t peer);
+void ag_nccl_on_id(rdag_agent_t *a, uint32_t src, const struct wire_nccl_id *n);
+int ag_nccl_take(rdag_agent_t *a, uint32_t dst, struct ag_out *o, uint32_t i, unsigned dev,
+		 unsigned to);
+int ag_nccl_post(rdag_agent_t *a, struct ag_out *o);
+struct ag_nccl_sent *ag_nccl_sent_new(struct ag_out *o, xport_done_fn done, void *done_arg);
+xport_done_fn ag_nccl_sent_fn(void);
+void ag_nccl_sent_finish(rdag_agent_t *a, struct ag_nccl_sent *s, bool sent);
+void ag_nccl_out_free(struct ag_out *o);
+int ag_nccl_recv(rdag_agent_t *a, uint32_t src, struct xport_rx_tensor *rt, uint32_t index);
+void ag_nccl_drain(rdag_agent_t *a, struct xport_rx *rx);
 
 /* Probes CUDA and NCCL into a->gpu_local; returns the handshake offer (WIRE_HS_* bits). */
 uint16_t ag_gpu_offer(rdag_agent_t *a);

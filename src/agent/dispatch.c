@@ -112,9 +112,8 @@ void ag_on_recv(void *arg, struct xport_rx *rx)
 		return;
 	}
 	if (in->inner->kind == WIRE_NCCL_ID) {
-		/* The NCCL data plane is not wired in yet (docs/gpu.md, step 4): nobody sends one. */
-		LOG_WARN("agent: worker %u sent an NCCL id (device %u), but this worker does not set up "
-			 "NCCL communicators yet: dropped", in->src, in->inner->u.nccl_id.device);
+		/* A communicator for the sender's device tensors: joined on a thread of its own. */
+		ag_nccl_on_id(a, in->src, &in->inner->u.nccl_id);
 		ag_in_free(in);
 		return;
 	}

@@ -104,6 +104,8 @@ int rdag_peer_info(rdag_agent_t *a, uint32_t peer, struct rdag_peer_info *out)
 	out->gpu_bytes_out = atomic_load(&gp->staged_bytes);
 	out->gpu_tensors_in = atomic_load(&gp->landed_tensors);
 	out->gpu_bytes_in = atomic_load(&gp->landed_bytes);
+	out->gpu_nccl_tensors_out = atomic_load(&gp->nccl_tensors_out);
+	out->gpu_nccl_tensors_in = atomic_load(&gp->nccl_tensors_in);
 	snprintf(out->gpu_why, sizeof(out->gpu_why), "%s", gp->why);
 	return 0;
 }
@@ -185,9 +187,9 @@ int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o)
 		struct xport_tensor *t = &o->tensors[i];
 		uint64_t nb = t->desc.nbytes;
 		struct gpu_ptr_info pi;
-		int to, rc;
+		int to, nto, rc;
 
-		if (t->desc.dev_type != WIRE_DEV_CUDA || t->staged)
+		if (t->desc.dev_type != WIRE_DEV_CUDA || t->staged || (o->nccl && o->nccl[i].e))
 			continue;
 		/* Gradients land where the receiver's send function says: no map needed. */
 		to = o->kind == WIRE_BACKWARD_AUTOGRAD_REQ ? (int)t->desc.dev_index :
@@ -207,6 +209,22 @@ int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o)
 				return err_set(RDAG_EINVAL, "tensor %u says CUDA device %u, but its %llu "
 					       "bytes at %p are not in one allocation of that device", i,
 					       t->desc.dev_index, (unsigned long long)nb, t->data);
+			/*
+			 * By NCCL from the device itself, posted below before the message. A
+			 * gradient's device there is the receiver's to choose: the communicator
+			 * is a guess (our map, else the same ordinal); a wrong one costs a copy.
+			 */
+			nto = to;
+			if (o->kind == WIRE_BACKWARD_AUTOGRAD_REQ && (nto = mapped(a, dst, pi.device)) < 0)
+				nto = pi.device;
+			if (ag_nccl_path(a, dst) &&
+			    ag_nccl_take(a, dst, o, i, t->desc.dev_index, (unsigned)nto)) {
+				t->desc.dev_index = (uint16_t)nto;
+				atomic_fetch_add(&a->gpu_path[dst].staged_tensors, 1);
+				atomic_fetch_add(&a->gpu_path[dst].staged_bytes, nb);
+				atomic_fetch_add(&a->gpu_path[dst].nccl_tensors_out, 1);
+				continue;
+			}
 			if (!o->staged) {
 				/* NOLINTNEXTLINE(bugprone-sizeof-expression): an array of pointers */
 				o->staged = calloc(o->ntensors, sizeof(*o->staged));
@@ -238,7 +256,7 @@ int ag_stage_out(rdag_agent_t *a, uint32_t dst, struct ag_out *o)
 			atomic_fetch_add(&a->gpu_path[dst].staged_bytes, nb);
 		}
 	}
-	return 0;
+	return ag_nccl_post(a, o);
 }
 
 int ag_tensor_land(rdag_agent_t *a, uint32_t src, struct rdag_tensor *t,
@@ -250,6 +268,15 @@ int ag_tensor_land(rdag_agent_t *a, uint32_t src, struct rdag_tensor *t,
 	ag_tensor_from_rx(t, rt);
 	if (rt->desc.dev_type != WIRE_DEV_CUDA)
 		return 0;
+	if (rt->desc.loc == WIRE_LOC_NCCL && !rt->dev) {
+		if (rt->nccl_done)
+			return err_set(RDAG_EIO, "tensor %u: its NCCL receive failed before", index);
+		rc = ag_nccl_recv(a, src, rt, index);
+		if (rc)
+			return rc;
+		if (a->gpu_path && src < a->world)
+			atomic_fetch_add(&a->gpu_path[src].nccl_tensors_in, 1);
+	}
 	if (!rt->dev && nb) {
 		if (!rt->data)
 			return err_set(RDAG_EINVAL, "tensor %u for CUDA device %u came without its bytes",

@@ -105,6 +105,7 @@ void ag_out_free(struct ag_out *o)
 		return;
 	for (unsigned i = 0; i < sizeof(o->own) / sizeof(o->own[0]); i++)
 		free(o->own[i]);
+	ag_nccl_out_free(o);
 	if (o->staged) {
 		for (uint32_t i = 0; i < o->ntensors; i++)
 			gpu_stage_put(o->staged[i]);
@@ -261,6 +262,8 @@ void ag_rx_release(rdag_agent_t *a, struct xport_rx *rx, bool loop)
 {
 	if (!rx)
 		return;
+	if (!loop)
+		ag_nccl_drain(a, rx);
 	ag_rx_unland(rx);
 	if (loop) {
 		struct loop_rx *l = (struct loop_rx *)rx;
@@ -276,6 +279,7 @@ void ag_rx_release(rdag_agent_t *a, struct xport_rx *rx, bool loop)
 int ag_send(rdag_agent_t *a, uint32_t dst, uint64_t req_id, struct ag_out *o,
 	    xport_done_fn done, void *done_arg)
 {
+	struct ag_nccl_sent *s = NULL;
 	int rc = ag_stage_out(a, dst, o);
 
 	if (rc)
@@ -286,10 +290,21 @@ int ag_send(rdag_agent_t *a, uint32_t dst, uint64_t req_id, struct ag_out *o,
 			done(done_arg, 0);
 		return rc;
 	}
+	if (o->nccl) {
+		/* Tensors posted to NCCL: done waits for their sends too (o may go with done). */
+		s = ag_nccl_sent_new(o, done, done_arg);
+		if (!s)
+			return RDAG_ENOMEM;
+		done = ag_nccl_sent_fn();
+		done_arg = s;
+	}
 	for (;;) {
 		rc = xport_send(a->x, dst, req_id, ag_encode, o, o->tensors, o->ntensors, done, done_arg);
-		if (rc != RDAG_EAGAIN)
+		if (rc != RDAG_EAGAIN) {
+			if (s)
+				ag_nccl_sent_finish(a, s, rc == 0);
 			return rc;
+		}
 		/* Every send op is busy: let completions come back, then retry. */
 		if (a->mode == RDAG_PROGRESS_MANUAL || !a->progress_running)
 			xport_progress(a->x, 1);

@@ -1000,6 +1000,24 @@ static int gr_call(struct am_worker *w, uint32_t dst, void *d, int dev, int dst_
  * to worker 1's device 1 and to its own device 1; worker 1's device 1 maps back to worker 0's
  * device 0. Needs a device (the simulated driver, tests/gpu/sim_cuda.c, here); skipped without.
  */
+/*
+ * With the nccl path to the peer, exactly nout of the device tensors sent and nin of those
+ * received went by NCCL (the rest through host staging); with another path, none did.
+ */
+static void gpu_check_nccl(struct am_worker *w, const struct rdag_peer_info *pi, uint64_t nout,
+			   uint64_t nin)
+{
+	bool nccl = pi->gpu_path && strcmp(pi->gpu_path, "nccl") == 0;
+
+	if (!nccl)
+		nout = nin = 0;
+	CHECK(w, pi->gpu_nccl_tensors_out == nout && pi->gpu_nccl_tensors_in == nin,
+	      "by NCCL (path %s): %llu out, %llu in; want %llu and %llu",
+	      pi->gpu_path ? pi->gpu_path : "none", (unsigned long long)pi->gpu_nccl_tensors_out,
+	      (unsigned long long)pi->gpu_nccl_tensors_in, (unsigned long long)nout,
+	      (unsigned long long)nin);
+}
+
 void sc_gpu_rpc(struct am_worker *w)
 {
 	int rc = gpu_init(), m01[2] = {1, -1}, m10[2] = {-1, 0}, self[1] = {1}, far[1] = {63};
@@ -1135,11 +1153,13 @@ out:
 	 * What went through host staging, per peer. Worker 0 staged 22 tensors to 1: the one for
 	 * device 63, the one whose reply had no map back, 20 good calls (the unmapped one and the
 	 * host memory were refused first). Worker 1 landed 21 (not the one for device 63) and staged
-	 * 20 replies (not the unmapped one), which worker 0 landed.
+	 * 20 replies (not the unmapped one), which worker 0 landed. With the nccl path, all of
+	 * them but the one for device 63 (its communicator refused) go by NCCL.
 	 */
 	{
 		struct rdag_peer_info pi;
 		uint64_t out = w->rank ? 20 : 22, in = w->rank ? 21 : 20;
+		uint64_t nout = w->rank ? 20 : 21, nin = w->rank ? 21 : 20;
 
 		CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)(1 - w->rank), &pi), 0, "rdag_peer_info");
 		CHECK(w, pi.gpu_tensors_out == out && pi.gpu_bytes_out == out * GR_BYTES &&
@@ -1148,6 +1168,7 @@ out:
 		      (unsigned long long)pi.gpu_tensors_out, (unsigned long long)pi.gpu_bytes_out,
 		      (unsigned long long)pi.gpu_tensors_in, (unsigned long long)pi.gpu_bytes_in,
 		      (unsigned long long)out, (unsigned long long)in);
+		gpu_check_nccl(w, &pi, nout, nin);
 	}
 	gpu_mem_free(d);
 	free(h);
@@ -1385,6 +1406,7 @@ out0:
 		      "device tensors: %llu out (%llu bytes), %llu in (%llu bytes); want 3 each way",
 		      (unsigned long long)pi.gpu_tensors_out, (unsigned long long)pi.gpu_bytes_out,
 		      (unsigned long long)pi.gpu_tensors_in, (unsigned long long)pi.gpu_bytes_in);
+		gpu_check_nccl(w, &pi, 3, 3);
 	}
 	rdag_graph_destroy(gb_graph);
 	gb_graph = NULL;
