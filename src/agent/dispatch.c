@@ -74,6 +74,20 @@ static bool is_request(uint8_t kind)
 	}
 }
 
+/* Whether rx names tensors that come by NCCL (received when landed, which polls). */
+static bool has_nccl(const struct xport_rx *rx)
+{
+	for (uint32_t i = 0; i < rx->ntensors; i++)
+		if (rx->tensors[i].desc.loc == WIRE_LOC_NCCL)
+			return true;
+	return false;
+}
+
+static void reply_job(struct ag_job *j)
+{
+	ag_handle_reply((struct ag_in *)j);
+}
+
 void ag_on_recv(void *arg, struct xport_rx *rx)
 {
 	rdag_agent_t *a = arg;
@@ -118,6 +132,12 @@ void ag_on_recv(void *arg, struct xport_rx *rx)
 		return;
 	}
 	if (!is_request(in->inner->kind)) {
+		if (has_nccl(in->rx)) {
+			/* Its tensors are still on their way by NCCL: landed off the progress loop. */
+			in->job.run = reply_job;
+			pool_push(&a->pool, &in->job);
+			return;
+		}
 		ag_handle_reply(in);
 		return;
 	}
