@@ -920,8 +920,11 @@ static int gr_verify(const struct rdag_tensor *t, int want_dev, uint64_t seed, c
 	return 0;
 }
 
+#define GR_MAXT 4 /* tensors in one gpu_add call */
+
 struct gr_sent {
 	void *d;
+	void *more[GR_MAXT - 1];
 };
 
 static void gr_free_sent(void *arg)
@@ -929,15 +932,17 @@ static void gr_free_sent(void *arg)
 	struct gr_sent *s = arg;
 
 	gpu_mem_free(s->d);
+	for (int k = 0; k < GR_MAXT - 1; k++)
+		gpu_mem_free(s->more[k]);
 	free(s);
 }
 
-/* Replies with device tensor t over s's memory (freed once sent), or with the error rc. */
-static int gr_reply(rdag_reply_t *out, int rc, const struct rdag_tensor *t, struct gr_sent *s,
-		    const char *who)
+/* Replies with the n device tensors t over s's memory (freed once sent), or with the error rc. */
+static int gr_reply(rdag_reply_t *out, int rc, const struct rdag_tensor *t, uint32_t n,
+		    struct gr_sent *s, const char *who)
 {
-	if (!rc)
-		rc = rdag_reply_tensor(out, t);
+	for (uint32_t k = 0; !rc && k < n; k++)
+		rc = rdag_reply_tensor(out, &t[k]);
 	if (rc) {
 		gr_free_sent(s);
 		return rdag_reply_error(out, rc, "%s: %s", who, rdag_last_error());
@@ -947,39 +952,45 @@ static int gr_reply(rdag_reply_t *out, int rc, const struct rdag_tensor *t, stru
 }
 
 /*
- * "gpu_add": the payload is {seed, want device}. The one argument must be a CUDA tensor on that
- * device holding seed's pattern; the reply is a new device tensor there with seed + 1's.
+ * "gpu_add": the payload is {seed, want device}. The arguments (1 to GR_MAXT) must be CUDA
+ * tensors on that device, argument k holding the pattern of seed + 1000 k; the reply has one new
+ * device tensor there per argument, of its size, with the pattern of seed + 1000 k + 1.
  */
 int am_fn_gpu_add(void *arg, const struct rdag_caller *who, const struct rdag_msg *in,
 		  rdag_reply_t *out)
 {
+	struct rdag_tensor t[GR_MAXT];
 	uint64_t p[2];
-	struct rdag_tensor t;
 	struct gr_sent *s;
 	char why[160];
-	uint8_t *h;
-	int rc;
+	int rc = 0;
 
 	(void)arg;
 	(void)who;
-	if (in->payload_len != sizeof(p) || in->ntensors != 1)
+	if (in->payload_len != sizeof(p) || in->ntensors < 1 || in->ntensors > GR_MAXT)
 		return rdag_reply_error(out, RDAG_EINVAL, "gpu_add: %zu payload bytes, %u tensors",
 					in->payload_len, in->ntensors);
 	memcpy(p, in->payload, sizeof(p));
-	if (gr_verify(&in->tensors[0], (int)p[1], p[0], why, sizeof(why)))
-		return rdag_reply_error(out, RDAG_EINVAL, "gpu_add: the argument: %s", why);
+	for (uint32_t k = 0; k < in->ntensors; k++)
+		if (gr_verify(&in->tensors[k], (int)p[1], p[0] + 1000 * k, why, sizeof(why)))
+			return rdag_reply_error(out, RDAG_EINVAL, "gpu_add: argument %u: %s", k, why);
 	s = calloc(1, sizeof(*s));
-	h = malloc(GR_BYTES);
-	if (!s || !h || gpu_mem_alloc((int)p[1], GR_BYTES, &s->d)) {
-		free(h);
-		free(s);
+	if (!s)
 		return rdag_reply_error(out, RDAG_ENOMEM, "gpu_add: no memory for the reply");
+	for (uint32_t k = 0; !rc && k < in->ntensors; k++) {
+		size_t n = rdag_tensor_nbytes(&in->tensors[k]);
+		void **d = k ? &s->more[k - 1] : &s->d;
+		uint8_t *h = malloc(n);
+
+		rc = h ? gpu_mem_alloc((int)p[1], n, d) : RDAG_ENOMEM;
+		if (!rc) {
+			mp_fill(h, n, p[0] + 1000 * k + 1);
+			rc = gpu_memcpy_htod(*d, h, n);
+			gr_tensor(&t[k], *d, n, (int)p[1]);
+		}
+		free(h);
 	}
-	mp_fill(h, GR_BYTES, p[0] + 1);
-	rc = gpu_memcpy_htod(s->d, h, GR_BYTES);
-	free(h);
-	gr_tensor(&t, s->d, GR_BYTES, (int)p[1]);
-	return gr_reply(out, rc, &t, s, "gpu_add");
+	return gr_reply(out, rc, t, in->ntensors, s, "gpu_add");
 }
 
 /* A call of gpu_add from device dev's memory to dst, expected on dst's device dst_dev. */
@@ -1127,6 +1138,40 @@ void sc_gpu_rpc(struct am_worker *w)
 				CHECK(w, 0, "call %llu: the reply: %s", (unsigned long long)i, why);
 			rdag_future_free(f);
 		}
+		/* Three tensors in one call (one NCCL group each way), down to an 8-byte one. */
+		{
+			static const size_t sz[3] = {GR_BYTES, 4104, 8};
+			uint64_t p[2] = {500, 1};
+			struct rdag_tensor t[3];
+			struct rdag_msg m = {.payload = p, .payload_len = sizeof(p), .tensors = t,
+					     .ntensors = 3}, res;
+			rdag_future_t *f = NULL;
+			void *dd[3] = {d, NULL, NULL};
+
+			for (int k = 1; k < 3; k++)
+				CHECK_RC(w, gpu_mem_alloc(0, sz[k], &dd[k]), 0, "device memory");
+			for (int k = 0; k < 3 && dd[k]; k++) {
+				mp_fill(h, sz[k], 500 + 1000 * (uint64_t)k);
+				CHECK_RC(w, gpu_memcpy_htod(dd[k], h, sz[k]), 0, "filling device 0");
+				gr_tensor(&t[k], dd[k], sz[k], 0);
+			}
+			rc = dd[1] && dd[2] ? rdag_rpc_sync(w->a, 1, "gpu_add", &m, NULL, &f) : RDAG_ENOMEM;
+			CHECK_RC(w, rc, 0, "a call with three tensors: %s", rdag_last_error());
+			if (!rc) {
+				CHECK_RC(w, rdag_future_result(f, &res), 0, "result");
+				CHECK(w, res.ntensors == 3, "%u result tensors", res.ntensors);
+				for (uint32_t k = 0; k < res.ntensors && k < 3; k++) {
+					if (rdag_tensor_nbytes(&res.tensors[k]) != sz[k] ||
+					    gr_verify(&res.tensors[k], 0, 501 + 1000 * (uint64_t)k, why,
+						      sizeof(why)))
+						CHECK(w, 0, "three tensors: reply %u (%zu bytes): %s", k,
+						      rdag_tensor_nbytes(&res.tensors[k]), why);
+				}
+				rdag_future_free(f);
+			}
+			gpu_mem_free(dd[1]);
+			gpu_mem_free(dd[2]);
+		}
 		/* To itself: device 0 -> device 1 and back through the loopback. */
 		CHECK_RC(w, rdag_agent_set_device_map(w->a, 0, self, 1), 0, "map 0 -> 1 to itself");
 		rc = gr_call(w, 0, d, 0, 1, 100, NULL);
@@ -1153,21 +1198,23 @@ out:
 	 * What went through host staging, per peer. Worker 0 staged 22 tensors to 1: the one for
 	 * device 63, the one whose reply had no map back, 20 good calls (the unmapped one and the
 	 * host memory were refused first). Worker 1 landed 21 (not the one for device 63) and staged
-	 * 20 replies (not the unmapped one), which worker 0 landed. With the nccl path, all of
-	 * them but the one for device 63 (its communicator refused) go by NCCL.
+	 * 20 replies (not the unmapped one), which worker 0 landed; then the call with three
+	 * tensors (GR_BYTES + 4104 + 8 bytes) and its reply. With the nccl path, all of them but
+	 * the one for device 63 (its communicator refused) go by NCCL.
 	 */
 	{
 		struct rdag_peer_info pi;
+		const uint64_t three = GR_BYTES + 4104 + 8;
 		uint64_t out = w->rank ? 20 : 22, in = w->rank ? 21 : 20;
-		uint64_t nout = w->rank ? 20 : 21, nin = w->rank ? 21 : 20;
+		uint64_t nout = (w->rank ? 20 : 21) + 3, nin = (w->rank ? 21 : 20) + 3;
 
 		CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)(1 - w->rank), &pi), 0, "rdag_peer_info");
-		CHECK(w, pi.gpu_tensors_out == out && pi.gpu_bytes_out == out * GR_BYTES &&
-			 pi.gpu_tensors_in == in && pi.gpu_bytes_in == in * GR_BYTES,
+		CHECK(w, pi.gpu_tensors_out == out + 3 && pi.gpu_bytes_out == out * GR_BYTES + three &&
+			 pi.gpu_tensors_in == in + 3 && pi.gpu_bytes_in == in * GR_BYTES + three,
 		      "device tensors: %llu out (%llu bytes), %llu in (%llu bytes); want %llu and %llu",
 		      (unsigned long long)pi.gpu_tensors_out, (unsigned long long)pi.gpu_bytes_out,
 		      (unsigned long long)pi.gpu_tensors_in, (unsigned long long)pi.gpu_bytes_in,
-		      (unsigned long long)out, (unsigned long long)in);
+		      (unsigned long long)out + 3, (unsigned long long)in + 3);
 		gpu_check_nccl(w, &pi, nout, nin);
 	}
 	gpu_mem_free(d);
@@ -1284,7 +1331,7 @@ int am_fn_gpu_scale(void *arg, const struct rdag_caller *who, const struct rdag_
 		y.grad_fn.node = node;
 		y.grad_fn.input_nr = 0;
 	}
-	return gr_reply(out, rc, &y, s, "gpu_scale");
+	return gr_reply(out, rc, &y, 1, s, "gpu_scale");
 }
 
 /* Every one of n floats at device memory d equals want. */
