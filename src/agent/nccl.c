@@ -29,6 +29,7 @@
 #include <time.h>
 
 #include "agent/agent_int.h"
+#include "bootstrap/boot.h"
 #include "gpu/gpu.h"
 #include "util/err.h"
 #include "util/log.h"
@@ -415,16 +416,19 @@ static int finish(rdag_agent_t *a, struct ag_nccl *e, struct gpu_nccl_req *req)
 				break;
 			}
 			if (ag_now_ns() > deadline) {
-				rc = err_set(RDAG_ETIMEDOUT, "an NCCL transfer %s worker %u did not end "
-					     "within %d ms", e->out ? "to" : "from", e->peer,
+				rc = err_set(RDAG_ETIMEDOUT, "an NCCL transfer did not end within %d ms",
 					     a->nccl_timeout_ms);
 				break;
 			}
 		}
 		sched_yield();
 	}
-	if (rc)
+	if (rc) {
+		/* NCCL's own words (a peer gone is ncclRemoteError: RDAG_EPEER_DEAD), with the peer. */
+		rc = err_set(rc, "%s worker %u (%s): %s", e->out ? "to" : "from", e->peer,
+			     boot_name(a->b, e->peer), rdag_last_error());
 		fail(e, rdag_last_error());
+	}
 	return rc;
 }
 

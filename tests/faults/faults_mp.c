@@ -20,6 +20,7 @@
 #include "agent/agent_int.h"
 #include "agent/agent_test.h"
 #include "fabric/fabric.h"
+#include "gpu/gpu.h"
 #include "mp_common.h"
 #include "rcache/rcache.h"
 
@@ -354,6 +355,59 @@ static int fn_bigreply(void *arg, const struct rdag_caller *who, const struct rd
 	return rdag_reply_tensor(out, &t);
 }
 
+static void free_dev(void *d)
+{
+	gpu_mem_free(d);
+}
+
+/*
+ * As bigreply, from device memory of the victim's device 1 to the caller's device 0 (the victim
+ * maps 1 -> 0 towards worker 0): by NCCL where that is the path. Armed: asks for the kill as it
+ * hands the reply over, so the caller is left with a transfer its sender will never finish.
+ */
+static int fn_gpureply(void *arg, const struct rdag_caller *who, const struct rdag_msg *in,
+		       rdag_reply_t *out)
+{
+	struct ft_worker *w = arg;
+	int map[2] = {-1, 0}, rc;
+	struct ft_req req;
+	struct rdag_tensor t;
+	int64_t shape[1];
+	void *d = NULL;
+	uint8_t *h;
+
+	if (in->payload_len != sizeof(req) || who->worker != 0)
+		return rdag_reply_error(out, RDAG_EINVAL, "gpureply: payload of %zu bytes from %u",
+					in->payload_len, who->worker);
+	memcpy(&req, in->payload, sizeof(req));
+	rc = rdag_agent_set_device_map(w->a, 0, map, 2);
+	h = malloc(req.len);
+	if (!rc)
+		rc = h ? gpu_mem_alloc(1, req.len, &d) : RDAG_ENOMEM;
+	if (!rc) {
+		mp_fill(h, req.len, mp_seed(7, 7, req.len));
+		rc = gpu_memcpy_htod(d, h, req.len);
+	}
+	free(h);
+	if (rc) {
+		gpu_mem_free(d);
+		return rdag_reply_error(out, rc, "gpureply: %s", rdag_last_error());
+	}
+	shape[0] = (int64_t)req.len;
+	rdag_tensor_init(&t, d, RDAG_U8, 1, shape);
+	t.device_type = RDAG_DEV_CUDA;
+	t.device_index = 1;
+	if (req.arm)
+		arm_kill(w);
+	rc = rdag_reply_tensor(out, &t);
+	if (rc) {
+		gpu_mem_free(d);
+		return rc;
+	}
+	rdag_reply_on_sent(out, free_dev, d);
+	return 0;
+}
+
 /* s = sum(x): backward broadcasts the scalar's gradient (x's size: by rendezvous when large). */
 static int node_sum_bwd(void *arg, const struct rdag_tensor *grad_out, uint32_t n_out,
 			struct rdag_tensor *grad_in, uint32_t n_in)
@@ -437,7 +491,7 @@ static int fn_relay(void *arg, const struct rdag_caller *who, const struct rdag_
 
 static const struct mp_fn fns[] = {
 	{"echo", fn_echo}, {"block", fn_block}, {"stop", fn_stop},
-	{"bigreply", fn_bigreply}, {"sum", fn_sum}, {"relay", fn_relay},
+	{"bigreply", fn_bigreply}, {"sum", fn_sum}, {"relay", fn_relay}, {"gpureply", fn_gpureply},
 };
 
 /* ---- scenarios ------------------------------------------------------------------------------- */
@@ -461,8 +515,11 @@ static void release_ctx(struct ft_worker *w, uint64_t ctx, const char *what)
 	printf("%s: rdag_ctx_release took %llu ms\n", what, (unsigned long long)ms);
 }
 
-/* A call to the victim after its death fails at once. */
-static void call_dead(struct ft_worker *w, const char *what)
+/*
+ * A call to the victim after its death fails naming it within the bound of the fault; at once
+ * when the transport knew already (at_once).
+ */
+static void call_dead_within(struct ft_worker *w, const char *what, bool at_once)
 {
 	rdag_future_t *f = NULL;
 	char text[1024];
@@ -475,8 +532,13 @@ static void call_dead(struct ft_worker *w, const char *what)
 	rdag_future_free(f);
 	check_dead(w, rc, text, w->victim, w->board->kill_ns ? w->board->kill_ns : w->board->fault_ns,
 		   what);
-	CHECK(w, ms_since(t0) < 1000, "%s: a call to the dead worker took %llu ms", what,
+	CHECK(w, !at_once || ms_since(t0) < 1000, "%s: a call to the dead worker took %llu ms", what,
 	      (unsigned long long)ms_since(t0));
+}
+
+static void call_dead(struct ft_worker *w, const char *what)
+{
+	call_dead_within(w, what, true);
 }
 
 /* Waits for fs[0..n): each must fail naming the victim within the bound of the fault. */
@@ -573,6 +635,55 @@ static void sc_kill_reply(struct ft_worker *w)
 	call_dead(w, "kill_reply: a later call");
 	check_regs(w, regs, "kill_reply");
 	release_ctx(w, ctx, "kill_reply");
+}
+
+/*
+ * A device tensor in a reply whose sender dies as it hands it over (with the nccl path: while
+ * the NCCL transfer is under way). Needs a driver with two devices (the simulated one here).
+ */
+static void sc_kill_gpu_reply(struct ft_worker *w)
+{
+	struct ft_req req = {.len = ft_big, .arm = 0};
+	struct rdag_msg args = {.payload = &req, .payload_len = sizeof(req)}, res;
+	struct rdag_peer_info pi;
+	struct gpu_ptr_info gp;
+	rdag_future_t *f = NULL;
+	uint8_t *h;
+	int rc;
+
+	if (w->rank != 0)
+		return;
+	ft_phase(w, "kill_gpu_reply: a device reply that arrives");
+	CHECK_RC(w, gpu_init(), 0, "a driver with devices: %s", rdag_last_error());
+	rc = rdag_rpc_sync(w->a, (uint32_t)w->victim, "gpureply", &args, NULL, &f);
+	CHECK_RC(w, rc, 0, "kill_gpu_reply: the first reply: %s", rdag_last_error());
+	if (rc == 0 && rdag_future_result(f, &res) == 0 && res.ntensors == 1) {
+		h = malloc(ft_big);
+		CHECK(w, res.tensors[0].device_type == RDAG_DEV_CUDA && res.tensors[0].device_index == 0 &&
+			 gpu_ptr_classify(res.tensors[0].data, &gp) == 0 && gp.type == GPU_MEM_DEVICE &&
+			 h && gpu_memcpy_dtoh(h, res.tensors[0].data, ft_big) == 0 &&
+			 mp_check(h, ft_big, mp_seed(7, 7, ft_big)) == 0,
+		      "kill_gpu_reply: the first reply is not the bytes on device 0");
+		free(h);
+	} else {
+		CHECK(w, 0, "kill_gpu_reply: the first reply has no tensor");
+	}
+	rdag_future_free(f);
+	f = NULL;
+	CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)w->victim, &pi), 0, "rdag_peer_info");
+	CHECK(w, pi.gpu_tensors_in == 1 &&
+		 pi.gpu_nccl_tensors_in == (pi.gpu_path && !strcmp(pi.gpu_path, "nccl") ? 1u : 0u),
+	      "kill_gpu_reply: %llu device tensors in, %llu by NCCL (path %s)",
+	      (unsigned long long)pi.gpu_tensors_in, (unsigned long long)pi.gpu_nccl_tensors_in,
+	      pi.gpu_path ? pi.gpu_path : "none");
+	printf("kill_gpu_reply: the first reply went by %s\n", pi.gpu_nccl_tensors_in ? "NCCL" : "host");
+	ft_phase(w, "kill_gpu_reply: a device reply whose sender dies as it hands it over");
+	req.arm = 1;
+	CHECK_RC(w, rdag_rpc_async(w->a, (uint32_t)w->victim, "gpureply", &args, NULL, &f), 0,
+		 "kill_gpu_reply: the armed call");
+	wait_dead(w, &f, 1, &w->board->kill_ns, "kill_gpu_reply");
+	/* NCCL may have told first (the transfer broke off): the transport's verdict can come later. */
+	call_dead_within(w, "kill_gpu_reply: a later call", false);
 }
 
 /* One pass: x (n f64 of value 1/8 .. ) -> "sum" on the victim -> backward. Returns rdag_backward's code. */
@@ -895,6 +1006,7 @@ static const struct {
 } scenarios[] = {
 	{"kill_forward", sc_kill_forward, 2, FT_KILLS},
 	{"kill_reply", sc_kill_reply, 2, FT_KILLS},
+	{"kill_gpu_reply", sc_kill_gpu_reply, 2, FT_KILLS},
 	{"kill_grad", sc_kill_grad, 2, FT_KILLS},
 	{"kill_cleanup", sc_kill_cleanup, 3, FT_KILLS},
 	{"stop", sc_stop, 2, FT_KILLS},
