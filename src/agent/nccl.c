@@ -559,8 +559,11 @@ int ag_nccl_recv(rdag_agent_t *a, uint32_t src, struct xport_rx_tensor *rt, uint
 
 	rt->nccl_done = true;
 	pthread_mutex_lock(&a->nccl_lock);
-	/* The sender's communicator was up before it sent: ours is (about to be) too. */
-	while (!(e = find(a, src, rdev, sdev, false)) || e->state == NC_OPENING) {
+	/*
+	 * The sender's communicator was up before it sent, so ours exists (we answered its offer)
+	 * and is up or about to be. None at all: a sender that never offered one; refused at once.
+	 */
+	while ((e = find(a, src, rdev, sdev, false)) && e->state == NC_OPENING) {
 		if (a->nccl_closing || xport_peer_dead(a->x, src) || !wait_until(a, deadline))
 			break;
 	}
