@@ -206,22 +206,28 @@ static int start_opener(struct ag_nccl *e)
 	return 0;
 }
 
+/* Whether the calling thread must drive progress itself while it waits (no progress thread). */
+static bool self_driven(rdag_agent_t *a)
+{
+	return (a->mode == RDAG_PROGRESS_MANUAL || !a->progress_running) && !pool_is_mine(&a->pool);
+}
+
 /*
- * Sends NCCL_ID {dev, peer_dev, id} to peer. From the progress thread (an answer) it tries once:
- * driving progress from inside a dispatch is not allowed, and a lost answer only times out.
+ * Sends NCCL_ID {dev, peer_dev, id} to peer. From a dispatch (an answer: the progress thread, or
+ * whoever drives progress in manual mode) it tries once: driving progress from inside a dispatch
+ * is not allowed, and a lost answer only times out.
  */
 static int send_id(rdag_agent_t *a, uint32_t peer, unsigned dev, unsigned peer_dev,
-		   const uint8_t *id)
+		   const uint8_t *id, bool in_dispatch)
 {
 	struct wire_env env = {.req_id = 0, .src = a->id, .credits = 0};
 	struct wire_nccl_id n = {.device = dev, .peer_device = peer_dev, .id = id};
 	uint8_t buf[WIRE_HDR_SIZE + 8 + WIRE_NCCL_ID_BYTES];
-	bool on_progress = a->progress_running && pthread_equal(pthread_self(), a->progress_thr);
 	size_t len;
 	int rc = wire_encode_nccl_id(buf, sizeof(buf), &env, &n, &len);
 
 	while (!rc && (rc = xport_send_bytes(a->x, peer, buf, len, NULL, NULL)) == RDAG_EAGAIN &&
-	       !on_progress) {
+	       !in_dispatch) {
 		if (a->mode == RDAG_PROGRESS_MANUAL || !a->progress_running)
 			xport_progress(a->x, 1);
 		else
@@ -235,7 +241,7 @@ static int start_out(struct ag_nccl *e)
 {
 	int rc = gpu_nccl_id_create(e->id, sizeof(e->id));
 
-	return rc ? rc : send_id(e->a, e->peer, e->dev, e->peer_dev, e->id);
+	return rc ? rc : send_id(e->a, e->peer, e->dev, e->peer_dev, e->id, false);
 }
 
 /* The ready communicator for tensors from dev here to peer_dev on peer, or NULL (host). */
@@ -265,9 +271,17 @@ static struct ag_nccl *out_comm(rdag_agent_t *a, uint32_t peer, unsigned dev, un
 			fail_locked(e, "the peer is dead");
 			break;
 		}
-		if (!wait_until(a, deadline)) {
+		if (ag_now_ns() >= deadline) {
 			fail_locked(e, "the peer did not join within the peer timeout");
 			break;
+		}
+		if (self_driven(a)) {
+			/* Manual progress: the answer comes only if this thread fetches it. */
+			pthread_mutex_unlock(&a->nccl_lock);
+			xport_progress(a->x, 1);
+			pthread_mutex_lock(&a->nccl_lock);
+		} else {
+			wait_until(a, deadline);
 		}
 	}
 	if (e->state != NC_READY)
@@ -334,7 +348,7 @@ void ag_nccl_on_id(rdag_agent_t *a, uint32_t src, const struct wire_nccl_id *n)
 		LOG_WARN("agent: worker %u offered an NCCL communicator from its device %u to our device "
 			 "%u: %s; refused", src, n->device, n->peer_device, why);
 	/* The answer goes with our devices first, as every NCCL_ID. */
-	if (send_id(a, src, n->peer_device, n->device, why ? none : n->id))
+	if (send_id(a, src, n->peer_device, n->device, why ? none : n->id, true))
 		LOG_WARN("agent: answering worker %u's NCCL offer: %s", src, rdag_last_error());
 }
 
