@@ -213,12 +213,11 @@ static bool self_driven(rdag_agent_t *a)
 }
 
 /*
- * Sends NCCL_ID {dev, peer_dev, id} to peer. From a dispatch (an answer: the progress thread, or
- * whoever drives progress in manual mode) it tries once: driving progress from inside a dispatch
- * is not allowed, and a lost answer only times out.
+ * Sends NCCL_ID {dev, peer_dev, id} to peer, waiting for a free send op. Never from a dispatch
+ * (answers go through the pool): progress must not be driven from inside one.
  */
 static int send_id(rdag_agent_t *a, uint32_t peer, unsigned dev, unsigned peer_dev,
-		   const uint8_t *id, bool in_dispatch)
+		   const uint8_t *id)
 {
 	struct wire_env env = {.req_id = 0, .src = a->id, .credits = 0};
 	struct wire_nccl_id n = {.device = dev, .peer_device = peer_dev, .id = id};
@@ -226,8 +225,7 @@ static int send_id(rdag_agent_t *a, uint32_t peer, unsigned dev, unsigned peer_d
 	size_t len;
 	int rc = wire_encode_nccl_id(buf, sizeof(buf), &env, &n, &len);
 
-	while (!rc && (rc = xport_send_bytes(a->x, peer, buf, len, NULL, NULL)) == RDAG_EAGAIN &&
-	       !in_dispatch) {
+	while (!rc && (rc = xport_send_bytes(a->x, peer, buf, len, NULL, NULL)) == RDAG_EAGAIN) {
 		if (a->mode == RDAG_PROGRESS_MANUAL || !a->progress_running)
 			xport_progress(a->x, 1);
 		else
@@ -241,7 +239,7 @@ static int start_out(struct ag_nccl *e)
 {
 	int rc = gpu_nccl_id_create(e->id, sizeof(e->id));
 
-	return rc ? rc : send_id(e->a, e->peer, e->dev, e->peer_dev, e->id, false);
+	return rc ? rc : send_id(e->a, e->peer, e->dev, e->peer_dev, e->id);
 }
 
 /* The ready communicator for tensors from dev here to peer_dev on peer, or NULL (host). */
@@ -298,9 +296,45 @@ static bool zero_id(const uint8_t *id)
 	return true;
 }
 
+/* An answer to an offer, sent by a handler thread (which may wait for a free send op). */
+struct answer {
+	struct ag_job job;         /* first: the pool runs it */
+	rdag_agent_t *a;
+	uint32_t peer;
+	unsigned dev, peer_dev;
+	uint8_t id[GPU_NCCL_ID_BYTES];
+};
+
+static void answer_job(struct ag_job *j)
+{
+	struct answer *an = (struct answer *)j;
+
+	if (send_id(an->a, an->peer, an->dev, an->peer_dev, an->id))
+		LOG_WARN("agent: answering worker %u's NCCL offer: %s", an->peer, rdag_last_error());
+	free(an);
+}
+
+static void answer(rdag_agent_t *a, uint32_t peer, unsigned dev, unsigned peer_dev,
+		   const uint8_t *id)
+{
+	struct answer *an = calloc(1, sizeof(*an));
+
+	if (!an) {
+		LOG_WARN("agent: no memory to answer worker %u's NCCL offer", peer);
+		return;
+	}
+	an->a = a;
+	an->peer = peer;
+	an->dev = dev;
+	an->peer_dev = peer_dev;
+	if (id)
+		memcpy(an->id, id, sizeof(an->id));
+	an->job.run = answer_job;
+	pool_push(&a->pool, &an->job);
+}
+
 void ag_nccl_on_id(rdag_agent_t *a, uint32_t src, const struct wire_nccl_id *n)
 {
-	static const uint8_t none[GPU_NCCL_ID_BYTES];
 	bool refused = zero_id(n->id);
 	struct ag_nccl *e;
 	const char *why = NULL;
@@ -347,9 +381,8 @@ void ag_nccl_on_id(rdag_agent_t *a, uint32_t src, const struct wire_nccl_id *n)
 	if (why)
 		LOG_WARN("agent: worker %u offered an NCCL communicator from its device %u to our device "
 			 "%u: %s; refused", src, n->device, n->peer_device, why);
-	/* The answer goes with our devices first, as every NCCL_ID. */
-	if (send_id(a, src, n->peer_device, n->device, why ? none : n->id, true))
-		LOG_WARN("agent: answering worker %u's NCCL offer: %s", src, rdag_last_error());
+	/* The answer goes with our devices first, as every NCCL_ID; no id: refused. */
+	answer(a, src, n->peer_device, n->device, why ? NULL : n->id);
 }
 
 int ag_nccl_take(rdag_agent_t *a, uint32_t dst, struct ag_out *o, uint32_t i, unsigned dev,
