@@ -563,6 +563,24 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 		CHECK(h, rc == 0, "encoding RPC_CALL: %s", rdag_last_error());
 		if (!rc && !send_and_wait(h, 1, 526, msg, n, "a host tensor by NCCL"))
 			expect_exc(h, "a host tensor by NCCL", RDAG_EINVAL, "goes by NCCL");
+		/*
+		 * 6d. A CUDA tensor "by NCCL" with no communicator behind it (the rogue never offered
+		 * one): refused by the transport where worker 1 offers no NCCL, else by the agent at
+		 * once (run with the simulated driver and NCCL: hostile_rogue_sim_shm_3).
+		 */
+		t.dev_type = WIRE_DEV_CUDA;
+		t.dev_index = 1;
+		t.u.nccl_tag = 7;
+		env.req_id = 527;
+		rc = wire_encode_rpc_call(msg, sizeof(msg), &env, &call, &t, 1, &n);
+		CHECK(h, rc == 0, "encoding RPC_CALL: %s", rdag_last_error());
+		if (!rc && !send_and_wait(h, 1, 527, msg, n, "a CUDA tensor by NCCL, no communicator")) {
+			bool offered = strstr(h->got_text, "did not offer") == NULL;
+
+			expect_exc(h, "a CUDA tensor by NCCL, no communicator",
+				   offered ? RDAG_EIO : RDAG_EINVAL,
+				   offered ? "no working communicator" : "goes by NCCL");
+		}
 	}
 	/*
 	 * 7. Transport messages it has no business sending: an RDV_DONE for a token worker 1 never
