@@ -339,15 +339,17 @@ void ag_nccl_on_id(rdag_agent_t *a, uint32_t src, const struct wire_nccl_id *n)
 	struct ag_nccl *e;
 	const char *why = NULL;
 
-	/* The answer to our offer: the same id (it joins: so do we) or none (refused). */
+	/*
+	 * The answer to our offer: the same id (it joins: so do we, even if we stopped waiting,
+	 * or its join would never end) or none (refused). Never taken for an offer of its own.
+	 */
 	pthread_mutex_lock(&a->nccl_lock);
 	e = find(a, src, n->peer_device, n->device, true);
-	if (e && e->state == NC_OPENING && !e->thr_started &&
-	    (refused || !memcmp(e->id, n->id, sizeof(e->id)))) {
-		if (refused)
+	if (e && (refused || !memcmp(e->id, n->id, sizeof(e->id)))) {
+		if (refused && e->state == NC_OPENING)
 			fail_locked(e, "the peer refused it (no such device there, or NCCL is not its "
 				    "GPU path with us)");
-		else if (start_opener(e))
+		else if (!refused && !e->thr_started && start_opener(e))
 			fail_locked(e, rdag_last_error());
 		pthread_mutex_unlock(&a->nccl_lock);
 		return;
