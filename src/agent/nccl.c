@@ -419,6 +419,12 @@ int ag_nccl_post(rdag_agent_t *a, struct ag_out *o)
 
 		if (!e || o->tensors[i].nccl) /* not by NCCL, or posted with an earlier one */
 			continue;
+		pthread_mutex_lock(&a->nccl_lock);
+		rc = e->state == NC_READY ? 0 : err_set(RDAG_EIO, "the NCCL communicator to worker %u "
+							   "failed meanwhile: %s", e->peer, e->why);
+		pthread_mutex_unlock(&a->nccl_lock);
+		if (rc)
+			break;
 		pthread_mutex_lock(&e->post_lock);
 		for (uint32_t j = i; j < o->ntensors; j++) {
 			struct xport_tensor *t = &o->tensors[j];
@@ -446,7 +452,6 @@ int ag_nccl_post(rdag_agent_t *a, struct ag_out *o)
 	}
 	if (bufs != small)
 		free(bufs);
-	(void)a;
 	return rc;
 }
 
