@@ -621,7 +621,13 @@ static int rogue(struct hm *h, int lfd, int port, int world)
 		n = grad_req(h, msg, sizeof(msg), 530, d, mc, &t);
 		if (!send_and_wait(h, 1, 530, msg, n, "a request after the forgeries"))
 			expect_exc(h, "a request after the forgeries", RDAG_ENOENT, "no autograd context");
-		/* Sent before that answer on the same link, so it is here by now. */
+		/* The refusal comes from one of worker 1's handler threads: wait for it (bounded). */
+		{
+			uint64_t dl = mp_now_ns() + 20ull * 1000000000ull;
+
+			while (h->nccl_refusals == 0 && mp_now_ns() < dl)
+				xport_progress(h->x, 10);
+		}
 		CHECK(h, h->nccl_refusals == 1, "NCCL_ID offer: %d refusals, want 1", h->nccl_refusals);
 	}
 	/*
