@@ -219,7 +219,7 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	pthread_mutex_init(&a->rref_lock, NULL);
 	pthread_mutex_init(&a->prof_lock, NULL);
 	pthread_mutex_init(&a->devmap_lock, NULL);
-	ag_nccl_init(a, 0);
+	ag_nccl_init(a);
 	gbuf_use(true); /* large gradient buffers are kept for reuse while an agent is open */
 	atomic_init(&a->next_req, 1);
 	atomic_init(&a->next_rref, 0);

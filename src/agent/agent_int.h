@@ -285,7 +285,7 @@ struct ag_nccl_slot {
 	struct gpu_nccl_req *req;  /* at the first tensor of each communicator */
 };
 struct ag_nccl_sent;
-void ag_nccl_init(rdag_agent_t *a, int timeout_ms);
+void ag_nccl_init(rdag_agent_t *a);
 void ag_nccl_fini(rdag_agent_t *a);
 bool ag_nccl_path(rdag_agent_t *a, uint32_t peer);
 void ag_nccl_on_id(rdag_agent_t *a, uint32_t src, const struct wire_nccl_id *n);

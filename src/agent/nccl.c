@@ -58,7 +58,7 @@ struct ag_nccl {
 
 #define TAG(seq, sdev, rdev) ((uint64_t)(seq) | (uint64_t)(sdev) << 32 | (uint64_t)(rdev) << 48)
 
-void ag_nccl_init(rdag_agent_t *a, int timeout_ms)
+void ag_nccl_init(rdag_agent_t *a)
 {
 	pthread_condattr_t ca;
 
@@ -67,7 +67,7 @@ void ag_nccl_init(rdag_agent_t *a, int timeout_ms)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&a->nccl_cond, &ca);
 	pthread_condattr_destroy(&ca);
-	a->nccl_timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
+	a->nccl_timeout_ms = 30000; /* rdag_agent_open sets the peer timeout once it is known */
 }
 
 void ag_nccl_fini(rdag_agent_t *a)
