@@ -33,6 +33,7 @@
 #include "gpu/gpu.h"
 #include "util/err.h"
 #include "util/log.h"
+#include "util/tbuf.h"
 #include "wire/wire.h"
 
 enum { NC_OPENING, NC_READY, NC_FAILED };
@@ -579,16 +580,11 @@ void ag_nccl_out_free(struct ag_out *o)
 static int move(struct xport_rx_tensor *rt, unsigned from, uint32_t index)
 {
 	size_t nb = (size_t)rt->desc.nbytes;
-	void *host = malloc(nb), *to = NULL;
-	int rc = host ? 0 : err_set(RDAG_ENOMEM, "out of memory");
+	void *to = NULL;
+	int rc = gpu_mem_alloc(rt->desc.dev_index, nb, &to);
 
 	if (!rc)
-		rc = gpu_mem_alloc(rt->desc.dev_index, nb, &to);
-	if (!rc)
-		rc = gpu_memcpy_dtoh(host, rt->dev, nb);
-	if (!rc)
-		rc = gpu_memcpy_htod(to, host, nb);
-	free(host);
+		rc = tbuf_copy_dtod(to, rt->dev, nb);
 	if (rc) {
 		gpu_mem_free(to);
 		return err_set(rc, "tensor %u came by NCCL to CUDA device %u; moving it to device %u: "

@@ -55,10 +55,21 @@ void tbuf_free(const struct rdag_tensor *t)
 		gbuf_free(t->data);
 }
 
+int tbuf_copy_dtod(void *dst, const void *src, size_t nb)
+{
+	void *h = gbuf_alloc(nb, false);
+	int rc = h ? gpu_memcpy_dtoh(h, src, nb) : err_set(RDAG_ENOMEM, "out of memory");
+
+	if (!rc)
+		rc = gpu_memcpy_htod(dst, h, nb);
+	gbuf_free(h);
+	return rc;
+}
+
 int tbuf_dup(const struct rdag_tensor *src, void **out)
 {
 	size_t nb = rdag_tensor_nbytes(src);
-	void *p = NULL, *h;
+	void *p = NULL;
 	int rc;
 
 	*out = NULL;
@@ -70,11 +81,7 @@ int tbuf_dup(const struct rdag_tensor *src, void **out)
 	if (nb && !on_device(src)) {
 		memcpy(p, src->data, nb);
 	} else if (nb) {
-		h = gbuf_alloc(nb, false);
-		rc = h ? gpu_memcpy_dtoh(h, src->data, nb) : err_set(RDAG_ENOMEM, "out of memory");
-		if (!rc)
-			rc = gpu_memcpy_htod(p, h, nb);
-		gbuf_free(h);
+		rc = tbuf_copy_dtod(p, src->data, nb);
 		if (rc) {
 			gpu_mem_free(p);
 			return err_set(rc, "copying a gradient on CUDA device %u: %s",

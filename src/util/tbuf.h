@@ -23,6 +23,11 @@ int tbuf_alloc(const struct rdag_tensor *meta, size_t nb, bool zero, void **out)
 void tbuf_free(const struct rdag_tensor *t);
 /* A new buffer on src's device holding src's bytes in *out; the error else. */
 int tbuf_dup(const struct rdag_tensor *src, void **out);
+/*
+ * Copies nb bytes of device memory src to device memory dst (the same or another device)
+ * through a host buffer: rdag has no peer copies. 0, or the driver's error.
+ */
+int tbuf_copy_dtod(void *dst, const void *src, size_t nb);
 /* *dst += *src, both on dst's device (RDAG_EINVAL when the devices differ). */
 int tbuf_add(struct rdag_tensor *dst, const struct rdag_tensor *src);
 
