@@ -3,12 +3,14 @@
 #include <limits.h>
 #include <poll.h>
 #include <sched.h>
+#include <sys/eventfd.h>
 #include <sys/prctl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bootstrap/boot.h"
 #include "util/envsize.h"
@@ -335,7 +337,7 @@ int xport_progress(struct xport *x, int timeout_ms)
 
 	for (;;) {
 		struct ev_batch b;
-		int n;
+		int n, busy = 0;
 
 		xp_lock(x);
 		x->now = xport_coarse_ns();
@@ -356,6 +358,8 @@ int xport_progress(struct xport *x, int timeout_ms)
 			} while (b.more);
 		}
 		total += n;
+		if (x->o.poll_extra)
+			total += x->o.poll_extra(x->o.poll_arg, &busy);
 		if (total || timeout_ms == 0)
 			return total;
 		now = xport_now_ns();
@@ -365,6 +369,12 @@ int xport_progress(struct xport *x, int timeout_ms)
 		}
 		if (now >= deadline)
 			return 0;
+		if (busy) {
+			/* Work without a completion queue to wait on is pending: poll it again. */
+			sched_yield();
+			nap_ns = 0;
+			continue;
+		}
 		if (now < spin_end) {
 			/*
 			 * Spin the first SPIN_NS (a ping-pong's answer comes within them), then yield
@@ -411,13 +421,14 @@ int xport_progress(struct xport *x, int timeout_ms)
 				nap_ns = deadline - now;
 			ts.tv_sec = 0;
 			ts.tv_nsec = (long)nap_ns;
-			nanosleep(&ts, NULL);
+			nanosleep(&ts, NULL); /* short: new poll_extra work waits one nap at most */
 			continue;
 		}
 		{
 			int arm = fab_arm(x->ep), fd = fab_wait_fd(x->ep);
 			uint64_t wait_ns = deadline - now;
-			struct pollfd pfd;
+			struct pollfd pfd[2];
+			nfds_t nfd = 1;
 
 			xp_unlock(x);
 			if (arm == RDAG_EAGAIN)
@@ -427,12 +438,43 @@ int xport_progress(struct xport *x, int timeout_ms)
 					       rdag_last_error());
 			if (wait_ns > x->ka_ns / 8)
 				wait_ns = x->ka_ns / 8;
-			pfd.fd = fd;
-			pfd.events = POLLIN;
-			pfd.revents = 0;
-			(void)poll(&pfd, 1, (int)(wait_ns / 1000000u) + 1);
+			pfd[0].fd = fd;
+			pfd[0].events = POLLIN;
+			pfd[0].revents = 0;
+			if (x->wake_fd >= 0) {
+				pfd[1].fd = x->wake_fd;
+				pfd[1].events = POLLIN;
+				pfd[1].revents = 0;
+				nfd = 2;
+			}
+			atomic_fetch_add(&x->sleeping, 1);
+			/* Work that came for poll_extra just before we announced the wait: run it. */
+			if (x->o.poll_extra) {
+				int k = x->o.poll_extra(x->o.poll_arg, &busy);
+
+				if (k || busy) {
+					atomic_fetch_sub(&x->sleeping, 1);
+					total += k;
+					continue;
+				}
+			}
+			(void)poll(pfd, nfd, (int)(wait_ns / 1000000u) + 1);
+			atomic_fetch_sub(&x->sleeping, 1);
+			if (nfd == 2 && (pfd[1].revents & POLLIN)) {
+				uint64_t v;
+
+				(void)!read(x->wake_fd, &v, sizeof(v));
+			}
 		}
 	}
+}
+
+void xport_wake(struct xport *x)
+{
+	uint64_t one = 1;
+
+	if (x && x->wake_fd >= 0 && atomic_load(&x->sleeping) > 0)
+		(void)!write(x->wake_fd, &one, sizeof(one));
 }
 
 /* ---- open / close ---------------------------------------------------------------------------- */
@@ -649,6 +691,8 @@ int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, st
 	}
 	x->o = *o;
 	x->ep = ep;
+	/* Without an eventfd, a wait for poll_extra work ends with the provider's next event. */
+	x->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	x->attr = fab_attr(ep);
 	x->rank = boot_rank(b);
 	x->world = boot_world(b);
@@ -792,6 +836,9 @@ fail:
 static void teardown(struct xport *x)
 {
 	x->closing = 1;
+	if (x->wake_fd >= 0)
+		close(x->wake_fd);
+	x->wake_fd = -1;
 	if (x->rx) {
 		for (uint32_t i = 0; i < x->nrx; i++) {
 			struct xp_recv *r = &x->rx[i];

@@ -109,6 +109,15 @@ struct xport_opts {
 	int (*expecting)(void *arg);
 	void *expect_arg;
 	/*
+	 * Optional: work of the layer above that has no completion queue (device transfers whose
+	 * events it polls), run at every pass of xport_progress without the xport's lock. Returns
+	 * how many things it finished (counted as progress) and sets *busy while it has some
+	 * pending: xport_progress then keeps polling (yielding) instead of blocking on the
+	 * provider. It must not block; xport_wake ends a wait it started before work appeared.
+	 */
+	int (*poll_extra)(void *arg, int *busy);
+	void *poll_arg;
+	/*
 	 * What this worker offers its peers beyond host memory, sent in every handshake:
 	 * WIRE_HS_NCCL (it can move tensors with NCCL), WIRE_HS_ARENA_GPU (its landing arena is GPU
 	 * memory). Any other bit: xport_open fails RDAG_EINVAL. Peers read it with xport_peer_offer.
@@ -193,7 +202,11 @@ struct xport_rx_tensor {
 	struct wire_tensor desc;   /* as sent; desc.loc says which protocol brought it */
 	void *data;                /* its desc.nbytes bytes (NULL for NCCL tensors, which the xport does not move) */
 	void *dev;                 /* the user's: NULL when delivered, never read or freed by the xport */
-	bool nccl_done;            /* the user's: its NCCL receive was tried (false when delivered) */
+	/* The user's, for tensors that come by NCCL (all empty when delivered): */
+	bool nccl_done;            /* its receive ended */
+	uint16_t nccl_dev;         /* the device dev is on, when it ended well */
+	int nccl_rc;               /* 0, or why it failed (nccl_why, malloc'd, says more) */
+	char *nccl_why;
 };
 
 /* A delivered message: read-only for the receiver, valid until xport_release(). */
@@ -238,6 +251,13 @@ void xport_release(struct xport *x, struct xport_rx *rx);
  * endpoint error. Callable from a progress thread or manually; thread-safe.
  */
 int xport_progress(struct xport *x, int timeout_ms);
+
+/*
+ * Ends a wait of xport_progress on the provider's fd (or a nap) early, so that it runs another
+ * pass: for work the poll_extra hook has to see that arrived while it was blocked. Cheap (one
+ * eventfd write when someone may be waiting); thread-safe.
+ */
+void xport_wake(struct xport *x);
 
 /* ---- introspection ------------------------------------------------------------------------- */
 

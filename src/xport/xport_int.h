@@ -3,6 +3,7 @@
 #define RDAG_XPORT_INT_H
 
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -213,6 +214,8 @@ struct xport {
 	int open;                 /* handshakes done */
 	int closing;
 	int can_inject;
+	int wake_fd;              /* eventfd that xport_wake writes; -1 without one */
+	atomic_int sleeping;      /* threads blocked in xport_progress's poll() */
 	size_t inject_size;
 	size_t max_write;
 	uint64_t ka_ns, timeout_ns;
