@@ -10,6 +10,7 @@
 #include "agent/agent_test.h"
 #include "bootstrap/boot.h"
 #include "fabric/fabric.h"
+#include "util/envsize.h"
 #include "util/err.h"
 #include "util/gbuf.h"
 #include "util/log.h"
@@ -273,10 +274,14 @@ int rdag_agent_open(const struct rdag_agent_opts *uo, rdag_agent_t **out)
 	xo.on_peer_dead = on_peer_dead;
 	xo.peer_arg = a;
 	xo.expecting = expecting_answers;
+	xo.poll_extra = ag_nccl_poll; /* device transfers by NCCL: events polled with the queue */
+	xo.poll_arg = a;
 	xo.expect_arg = a;
 	xo.offer = ag_gpu_offer(a);
 	xport_fab_opts(&xo, a->world, a->id, &fo);
-	a->nccl_timeout_ms = xo.peer_timeout_ms > 0 ? xo.peer_timeout_ms : 30000;
+	a->nccl_join_ms = xo.peer_timeout_ms > 0 ? xo.peer_timeout_ms : 30000;
+	/* A live peer's transfer may be slow (big, or a sanitizer build): its own, longer bound. */
+	a->nccl_timeout_ms = (int)rdag_env_size("RDAG_NCCL_TIMEOUT_MS", 600000, 1, 86400000);
 	fo.local_only = o.local_only || boot_all_local(a->b);
 	rc = fab_open(&fo, &ep);
 	if (rc)

@@ -242,7 +242,16 @@ struct rdag_agent {
 	struct ag_nccl *nccl;
 	bool nccl_closing;
 	bool nccl_ended;
-	int nccl_timeout_ms;
+	int nccl_join_ms;               /* a communicator's first use waits this long (peer timeout) */
+	int nccl_timeout_ms;            /* a transfer, this long (RDAG_NCCL_TIMEOUT_MS) */
+	pthread_mutex_t nccl_poll_lock; /* what the progress loop polls (ag_nccl_poll) */
+	struct ag_nccl_land *nccl_lands; /* messages whose NCCL tensors are on their way */
+	struct ag_nccl_sent *nccl_sents; /* messages whose NCCL sends are */
+	atomic_int nccl_waits;          /* entries on those two lists */
+	atomic_uint nccl_parked;        /* receive groups that waited for an earlier one's turn */
+	struct ag_nccl_zombie *nccl_zombies; /* buffers of transfers that failed in flight: kept
+					      * until the communicators are aborted at close */
+	uint64_t nccl_polled_ns;        /* last check of deadlines and peers (nccl_poll_lock) */
 };
 
 /*
@@ -275,16 +284,20 @@ struct ag_gpu_path {
  * Device tensors by NCCL (nccl.c). ag_nccl_take (from ag_stage_out) picks the communicator for
  * tensor i from device dev to the peer's device to (made and waited for on first use; 0: none,
  * stage through host); ag_nccl_post posts the message's sends; ag_send wraps its done in an
- * ag_nccl_sent and waits for the sends after the control message left. ag_nccl_recv receives
- * an NCCL tensor into a new buffer on its device (rt->dev); ag_nccl_drain receives what a
- * released message never did.
+ * ag_nccl_sent, which the progress loop completes once the sends are done too. A received
+ * message naming NCCL tensors goes to ag_nccl_land (from ag_on_recv): its receives are posted
+ * from a handler thread, polled by the progress loop (ag_nccl_poll, xport's poll_extra), and
+ * the message is routed (ag_on_landed) when they all ended. ag_nccl_recv then gives a tensor's
+ * outcome (rt->dev on its device, or the error); ag_nccl_drain frees what landing left.
  */
 struct ag_nccl;
 struct ag_nccl_slot {
 	struct ag_nccl *e;         /* NULL: this tensor does not go by NCCL */
 	struct gpu_nccl_req *req;  /* at the first tensor of each communicator */
+	bool ended;                /* req ended (polled by the progress loop) */
 };
 struct ag_nccl_sent;
+struct ag_nccl_land;
 void ag_nccl_init(rdag_agent_t *a);
 void ag_nccl_fini(rdag_agent_t *a);
 bool ag_nccl_path(rdag_agent_t *a, uint32_t peer);
@@ -298,6 +311,11 @@ void ag_nccl_sent_finish(rdag_agent_t *a, struct ag_nccl_sent *s, bool sent);
 void ag_nccl_out_free(struct ag_out *o);
 int ag_nccl_recv(rdag_agent_t *a, uint32_t src, struct xport_rx_tensor *rt, uint32_t index);
 void ag_nccl_drain(rdag_agent_t *a, struct xport_rx *rx);
+void ag_nccl_drop(rdag_agent_t *a, struct xport_rx *rx, const char *why);
+void ag_nccl_land(struct ag_in *in);
+int ag_nccl_poll(void *arg, int *busy);
+/* The rest of ag_on_recv once a message's NCCL tensors ended (dispatch.c). */
+void ag_on_landed(struct ag_in *in);
 
 /* Probes CUDA and NCCL into a->gpu_local; returns the handshake offer (WIRE_HS_* bits). */
 uint16_t ag_gpu_offer(rdag_agent_t *a);

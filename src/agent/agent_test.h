@@ -33,4 +33,10 @@ void agent_test_abort_stats(rdag_agent_t *a, unsigned *runs, unsigned *heard);
 int agent_test_gpu_path(rdag_agent_t *a, uint32_t peer, uint16_t *peer_offer, char *why,
 			size_t whylen);
 
+/*
+ * NCCL receive groups that, when their control message came, had to wait for an earlier
+ * message's transfers on the same communicator (or for it to open): out-of-order arrivals.
+ */
+void agent_test_nccl_parked(rdag_agent_t *a, unsigned *parked);
+
 #endif /* RDAG_AGENT_AGENT_TEST_H */

@@ -74,7 +74,7 @@ static bool is_request(uint8_t kind)
 	}
 }
 
-/* Whether rx names tensors that come by NCCL (received when landed, which polls). */
+/* Whether rx names tensors that come by NCCL (received before the message is routed). */
 static bool has_nccl(const struct xport_rx *rx)
 {
 	for (uint32_t i = 0; i < rx->ntensors; i++)
@@ -83,17 +83,11 @@ static bool has_nccl(const struct xport_rx *rx)
 	return false;
 }
 
-static void reply_job(struct ag_job *j)
-{
-	ag_handle_reply((struct ag_in *)j);
-}
-
 void ag_on_recv(void *arg, struct xport_rx *rx)
 {
 	rdag_agent_t *a = arg;
 	struct ag_in *in = calloc(1, sizeof(*in));
 	bool loop = rx->peer == a->id;
-	int rc;
 
 	AG_TSAN_ACQUIRE(a);
 	if (!in) {
@@ -117,11 +111,22 @@ void ag_on_recv(void *arg, struct xport_rx *rx)
 	in->loop = loop;
 	in->src = (uint16_t)rx->peer;
 	in->req_id = rx->msg.env.req_id;
-	rc = unwrap(in);
+	if (!loop && has_nccl(rx)) {
+		/* Its tensors are on their way by NCCL: routed once they came (or failed). */
+		ag_nccl_land(in);
+		return;
+	}
+	ag_on_landed(in);
+}
+
+void ag_on_landed(struct ag_in *in)
+{
+	rdag_agent_t *a = in->a;
+	int rc = unwrap(in);
 	if (rc) {
 		/* The transport validated every layer; anything left is a message we cannot use. */
 		ag_reply_exception(in, rc, "worker %u cannot unwrap %s: %s", a->id,
-				   wire_kind_name(rx->msg.kind), rdag_last_error());
+				   wire_kind_name(in->rx->msg.kind), rdag_last_error());
 		ag_in_free(in);
 		return;
 	}
@@ -132,12 +137,6 @@ void ag_on_recv(void *arg, struct xport_rx *rx)
 		return;
 	}
 	if (!is_request(in->inner->kind)) {
-		if (has_nccl(in->rx)) {
-			/* Its tensors are still on their way by NCCL: landed off the progress loop. */
-			in->job.run = reply_job;
-			pool_push(&a->pool, &in->job);
-			return;
-		}
 		ag_handle_reply(in);
 		return;
 	}

@@ -268,9 +268,8 @@ int ag_tensor_land(rdag_agent_t *a, uint32_t src, struct rdag_tensor *t,
 	ag_tensor_from_rx(t, rt);
 	if (rt->desc.dev_type != WIRE_DEV_CUDA)
 		return 0;
-	if (rt->desc.loc == WIRE_LOC_NCCL && !rt->dev) {
-		if (rt->nccl_done)
-			return err_set(RDAG_EIO, "tensor %u: its NCCL receive failed before", index);
+	if (rt->desc.loc == WIRE_LOC_NCCL) {
+		/* Received before the message was routed: its outcome, on the device it belongs. */
 		rc = ag_nccl_recv(a, src, rt, index);
 		if (rc)
 			return rc;
@@ -311,7 +310,8 @@ int ag_tensor_land_on(rdag_agent_t *a, uint32_t src, struct rdag_tensor *t,
 	}
 	if (dev_type != RDAG_DEV_CUDA)
 		return err_set(RDAG_EINVAL, "tensor %u belongs on device type %u", index, dev_type);
-	if (rt->dev && (rt->desc.dev_type != WIRE_DEV_CUDA || rt->desc.dev_index != dev_index))
+	if (rt->dev && rt->desc.loc != WIRE_LOC_NCCL &&
+	    (rt->desc.dev_type != WIRE_DEV_CUDA || rt->desc.dev_index != dev_index))
 		return err_set(RDAG_EINVAL, "tensor %u already landed elsewhere", index);
 	rt->desc.dev_type = WIRE_DEV_CUDA;
 	rt->desc.dev_index = dev_index;

@@ -13,13 +13,21 @@
  * Order: NCCL matches a pair's sends and receives in posting order. Each communicator numbers
  * its sends (the descriptor's nccl_tag: sequence in bits 0-31, sender's device 32-47, receiver's
  * device 48-63); the sender posts a message's tensors as one group in that order before the
- * control message leaves, and the receiver posts each receive only when its number is next, so
- * messages may arrive in any order. A message that never lands its tensors (refused, failed)
- * still receives them (into a scratch buffer) when it is released, or the pair would stall.
+ * control message leaves. A received message naming NCCL tensors is routed only once they came:
+ * a handler thread allocates their buffers and parks one group per communicator in number
+ * order; a group is posted (one ncclGroupStart/End) when its number is next, by whichever
+ * thread made it so (the one posting the group before, or the one that opened the
+ * communicator), so control messages may arrive in any order and no thread waits for a turn.
  *
- * Failure: a transfer that does not end within the peer timeout, a peer declared dead, or an
- * error NCCL reports fails the tensor and marks the communicator failed (host staging from then
- * on). Communicators are aborted at close, after the closing barrier.
+ * Completion: the progress loop polls the events of posted sends and receives (ag_nccl_poll,
+ * run by xport_progress as its poll_extra hook, which keeps it from blocking on the fabric while
+ * any are pending and is woken by xport_wake when one appears). A message's sends end by
+ * running its done; a message's receives end by routing it (ag_on_landed).
+ *
+ * Failure: a transfer that does not end within RDAG_NCCL_TIMEOUT_MS, a peer declared dead, or
+ * an error NCCL reports fails the tensor and marks the communicator failed (host staging from
+ * then on). What a failed transfer may still touch is kept until close (zombie), when the
+ * communicators are aborted after the closing barrier.
  */
 #include <pthread.h>
 #include <sched.h>
@@ -29,6 +37,7 @@
 #include <time.h>
 
 #include "agent/agent_int.h"
+#include "agent/agent_test.h"
 #include "bootstrap/boot.h"
 #include "gpu/gpu.h"
 #include "util/err.h"
@@ -54,8 +63,67 @@ struct ag_nccl {
 	pthread_mutex_t post_lock; /* out: sends are numbered and posted in one order */
 	uint32_t seq;              /* out: the next send's number (post_lock); in: the next receive's
 				    * (a->nccl_lock) */
+	struct ag_nccl_group *parked; /* in: receives waiting for their turn, by number */
 	char why[200];
 };
+
+enum { G_PARKED, G_POSTED, G_DONE, G_FAILED };
+
+/* A message's tensors on one communicator: consecutive numbers, received as one group. */
+struct ag_nccl_group {
+	struct ag_nccl_group *next; /* e->parked, by number */
+	struct ag_nccl_land *land;
+	struct ag_nccl *e;          /* NULL: there is none (failed at once) */
+	uint32_t key;               /* the tag's device bits */
+	int state;                  /* G_*, under a->nccl_lock once parked */
+	uint32_t seq, n;            /* numbers seq .. seq + n - 1 */
+	uint32_t *idx;              /* [n]: the message's tensor indices, in number order */
+	struct gpu_nccl_req *req;
+	int rc;
+	char why[200];
+};
+
+struct ag_nccl_land {
+	struct ag_nccl_land *next;  /* a->nccl_lands */
+	struct ag_in *in;
+	uint64_t deadline;
+	uint32_t ngroups;
+	struct ag_nccl_group *g;    /* [ngroups] */
+	uint32_t idx[];             /* the groups' idx */
+};
+
+/*
+ * What a transfer that failed in flight may still touch (NCCL may go on reading or writing it
+ * until its communicator is aborted): a received tensor's buffer, or a message's sends (whose
+ * done frees the sender's buffers). Kept until ag_nccl_fini aborted every communicator.
+ */
+struct ag_nccl_zombie {
+	struct ag_nccl_zombie *next;
+	void *dev;
+	struct ag_nccl_sent *sent;
+};
+
+static void group_fail(struct ag_nccl_group *g, int rc, const char *why);
+static void pump(struct ag_nccl *e);
+static void polls_end(rdag_agent_t *a);
+static void sent_put(struct ag_nccl_sent *s);
+
+/* Keeps dev or s (one of them) for ag_nccl_fini; leaked if there is no memory to remember it. */
+static void zombie(rdag_agent_t *a, void *dev, struct ag_nccl_sent *s)
+{
+	struct ag_nccl_zombie *z = calloc(1, sizeof(*z));
+
+	if (!z) {
+		LOG_WARN("agent: out of memory keeping a failed NCCL transfer's buffer: leaked");
+		return;
+	}
+	z->dev = dev;
+	z->sent = s;
+	pthread_mutex_lock(&a->nccl_poll_lock);
+	z->next = a->nccl_zombies;
+	a->nccl_zombies = z;
+	pthread_mutex_unlock(&a->nccl_poll_lock);
+}
 
 #define TAG(seq, sdev, rdev) ((uint64_t)(seq) | (uint64_t)(sdev) << 32 | (uint64_t)(rdev) << 48)
 
@@ -68,7 +136,9 @@ void ag_nccl_init(rdag_agent_t *a)
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
 	pthread_cond_init(&a->nccl_cond, &ca);
 	pthread_condattr_destroy(&ca);
-	a->nccl_timeout_ms = 30000; /* rdag_agent_open sets the peer timeout once it is known */
+	pthread_mutex_init(&a->nccl_poll_lock, NULL);
+	a->nccl_join_ms = 30000; /* rdag_agent_open sets both once the peer timeout is known */
+	a->nccl_timeout_ms = 600000;
 }
 
 void ag_nccl_fini(rdag_agent_t *a)
@@ -82,6 +152,11 @@ void ag_nccl_fini(rdag_agent_t *a)
 	a->nccl_closing = true;
 	pthread_cond_broadcast(&a->nccl_cond);
 	pthread_mutex_unlock(&a->nccl_lock);
+	/*
+	 * Nobody polls any more (progress and handlers stopped): what still waits ends here. After
+	 * the closing barrier, the peers are done with us.
+	 */
+	polls_end(a);
 	for (e = a->nccl; e; e = next) {
 		next = e->next;
 		if (e->thr_started)
@@ -91,8 +166,19 @@ void ag_nccl_fini(rdag_agent_t *a)
 		free(e);
 	}
 	a->nccl = NULL;
+	/* Every communicator is aborted: nothing touches those buffers any more. */
+	while (a->nccl_zombies) {
+		struct ag_nccl_zombie *z = a->nccl_zombies;
+
+		a->nccl_zombies = z->next;
+		gpu_mem_free(z->dev);
+		if (z->sent)
+			sent_put(z->sent);
+		free(z);
+	}
 	pthread_cond_destroy(&a->nccl_cond);
 	pthread_mutex_destroy(&a->nccl_lock);
+	pthread_mutex_destroy(&a->nccl_poll_lock);
 }
 
 bool ag_nccl_path(rdag_agent_t *a, uint32_t peer)
@@ -122,6 +208,7 @@ static bool wait_until(rdag_agent_t *a, uint64_t deadline)
 	return true;
 }
 
+/* When a transfer started now must have ended. */
 static uint64_t deadline_of(rdag_agent_t *a)
 {
 	return ag_now_ns() + (uint64_t)a->nccl_timeout_ms * 1000000u;
@@ -138,6 +225,13 @@ static void fail_locked(struct ag_nccl *e, const char *why)
 		LOG_WARN("agent: the NCCL communicator %s worker %u (device %u, its device %u) failed: "
 			 "%s; its device tensors go through host memory from now on",
 			 e->out ? "to" : "from", e->peer, e->dev, e->peer_dev, e->why);
+	}
+	while (e->parked) { /* their turn will never come */
+		struct ag_nccl_group *g = e->parked;
+
+		e->parked = g->next;
+		g->next = NULL;
+		group_fail(g, RDAG_EIO, e->why);
 	}
 	pthread_cond_broadcast(&e->a->nccl_cond);
 }
@@ -162,6 +256,7 @@ static void *opener(void *arg)
 		fail_locked(e, rdag_last_error());
 	else if (e->state == NC_OPENING)
 		e->state = NC_READY;
+	pump(e); /* receives that came while it opened */
 	pthread_cond_broadcast(&a->nccl_cond);
 	pthread_mutex_unlock(&a->nccl_lock);
 	if (!rc)
@@ -246,7 +341,7 @@ static int start_out(struct ag_nccl *e)
 /* The ready communicator for tensors from dev here to peer_dev on peer, or NULL (host). */
 static struct ag_nccl *out_comm(rdag_agent_t *a, uint32_t peer, unsigned dev, unsigned peer_dev)
 {
-	uint64_t deadline = deadline_of(a);
+	uint64_t deadline = ag_now_ns() + (uint64_t)a->nccl_join_ms * 1000000u;
 	struct ag_nccl *e;
 
 	pthread_mutex_lock(&a->nccl_lock);
@@ -456,55 +551,46 @@ int ag_nccl_post(rdag_agent_t *a, struct ag_out *o)
 	return rc;
 }
 
-/* Polls req to its end: 0, or an error (the communicator is then failed). */
-static int finish(rdag_agent_t *a, struct ag_nccl *e, struct gpu_nccl_req *req)
-{
-	uint64_t deadline = deadline_of(a);
-	unsigned long polls = 0;
-	int rc;
-
-	while ((rc = gpu_nccl_test(req)) == RDAG_EAGAIN) {
-		if ((++polls & 1023) == 0) {
-			if (xport_peer_dead(a->x, e->peer)) {
-				rc = err_set(RDAG_EPEER_DEAD, "worker %u died during an NCCL transfer",
-					     e->peer);
-				break;
-			}
-			if (ag_now_ns() > deadline) {
-				rc = err_set(RDAG_ETIMEDOUT, "an NCCL transfer did not end within %d ms",
-					     a->nccl_timeout_ms);
-				break;
-			}
-		}
-		sched_yield();
-	}
-	if (rc) {
-		/* NCCL's own words (a peer gone is ncclRemoteError: RDAG_EPEER_DEAD), with the peer. */
-		rc = err_set(rc, "%s worker %u (%s): %s", e->out ? "to" : "from", e->peer,
-			     boot_name(a->b, e->peer), rdag_last_error());
-		fail(e, rdag_last_error());
-	}
-	return rc;
-}
+/* ---- sends: done once the control message left and the NCCL sends ended ---------------- */
 
 struct ag_nccl_sent {
+	struct ag_nccl_sent *next;  /* a->nccl_sents */
+	rdag_agent_t *a;
 	struct ag_nccl_slot *slots;
 	uint32_t n;
 	xport_done_fn done;
 	void *done_arg;
 	int status;
-	atomic_int left;           /* the xport's completion and the NCCL sends */
+	atomic_int left;            /* the xport's completion and the NCCL sends */
+	uint64_t deadline;
+	int rc;                     /* the first send that failed (the receiver reports the loss) */
+	char why[200];
 };
+
+/* Frees s's requests (their events; the transfers may still run) and keeps s for close. */
+static void sent_bury(rdag_agent_t *a, struct ag_nccl_sent *s)
+{
+	for (uint32_t i = 0; i < s->n; i++) {
+		gpu_nccl_req_free(s->slots[i].req);
+		s->slots[i].req = NULL;
+	}
+	zombie(a, NULL, s);
+}
+
+static void sent_free(struct ag_nccl_sent *s)
+{
+	for (uint32_t i = 0; i < s->n; i++)
+		gpu_nccl_req_free(s->slots[i].req);
+	free(s->slots);
+	free(s);
+}
 
 static void sent_put(struct ag_nccl_sent *s)
 {
 	if (atomic_fetch_sub(&s->left, 1) != 1)
 		return;
 	s->done(s->done_arg, s->status);
-	for (uint32_t i = 0; i < s->n; i++)
-		gpu_nccl_req_free(s->slots[i].req);
-	free(s->slots);
-	free(s);
+	sent_free(s);
 }
 
 static void sent_done(void *arg, int status)
@@ -543,24 +629,72 @@ xport_done_fn ag_nccl_sent_fn(void)
 	return sent_done;
 }
 
+/* Hands w (a land or a sent, pushed by push) to the progress loop, waking it. */
+static void poll_add(rdag_agent_t *a, void (*push)(rdag_agent_t *, void *), void *w)
+{
+	pthread_mutex_lock(&a->nccl_poll_lock);
+	push(a, w);
+	atomic_fetch_add(&a->nccl_waits, 1);
+	pthread_mutex_unlock(&a->nccl_poll_lock);
+	xport_wake(a->x); /* after the count: a progress thread about to block sees one or other */
+}
+
+static void push_sent(rdag_agent_t *a, void *w)
+{
+	struct ag_nccl_sent *s = w;
+
+	s->next = a->nccl_sents;
+	a->nccl_sents = s;
+}
+
 void ag_nccl_sent_finish(rdag_agent_t *a, struct ag_nccl_sent *s, bool sent)
 {
-	for (uint32_t i = 0; i < s->n; i++) {
-		if (!s->slots[i].req)
-			continue;
-		if (!sent)
-			fail(s->slots[i].e, "a message whose tensors were posted did not leave");
-		else if (finish(a, s->slots[i].e, s->slots[i].req))
-			LOG_WARN("agent: %s (the receiver reports the tensor as lost)", rdag_last_error());
-	}
-	if (sent) {
-		sent_put(s); /* done runs once the xport's completion came too */
+	if (!sent) {
+		for (uint32_t i = 0; i < s->n; i++)
+			if (s->slots[i].req)
+				fail(s->slots[i].e, "a message whose tensors were posted did not leave");
+		sent_free(s); /* not sent: no done, as ag_send promises */
 		return;
 	}
-	for (uint32_t i = 0; i < s->n; i++) /* not sent: no done, as ag_send promises */
-		gpu_nccl_req_free(s->slots[i].req);
-	free(s->slots);
-	free(s);
+	s->a = a;
+	s->deadline = deadline_of(a);
+	poll_add(a, push_sent, s); /* done runs when the sends ended and the xport's came */
+}
+
+/* Whether s's sends all ended (failures recorded), without blocking. nccl_poll_lock held. */
+static bool sent_test(rdag_agent_t *a, struct ag_nccl_sent *s, uint64_t now, bool check)
+{
+	bool pending = false;
+
+	for (uint32_t i = 0; i < s->n; i++) {
+		struct ag_nccl_slot *sl = &s->slots[i];
+		int rc;
+
+		if (!sl->req || sl->ended)
+			continue;
+		rc = gpu_nccl_test(sl->req);
+		if (rc == RDAG_EAGAIN && check && xport_peer_dead(a->x, sl->e->peer))
+			rc = err_set(RDAG_EPEER_DEAD, "worker %u (%s) died during an NCCL transfer",
+				     sl->e->peer, boot_name(a->b, sl->e->peer));
+		else if (rc == RDAG_EAGAIN && now > s->deadline)
+			rc = err_set(RDAG_ETIMEDOUT, "an NCCL transfer did not end within %d ms "
+				     "(RDAG_NCCL_TIMEOUT_MS)", a->nccl_timeout_ms);
+		if (rc == RDAG_EAGAIN) {
+			pending = true;
+			continue;
+		}
+		sl->ended = true;
+		if (rc) {
+			/* NCCL's own words (a peer gone is ncclRemoteError: RDAG_EPEER_DEAD). */
+			if (!s->rc) {
+				s->rc = rc;
+				snprintf(s->why, sizeof(s->why), "to worker %u (%s): %s", sl->e->peer,
+					 boot_name(a->b, sl->e->peer), rdag_last_error());
+			}
+			fail(sl->e, rdag_last_error());
+		}
+	}
+	return !pending;
 }
 
 void ag_nccl_out_free(struct ag_out *o)
@@ -594,82 +728,467 @@ static int move(struct xport_rx_tensor *rt, unsigned from, uint32_t index)
 		  rt->desc.dev_index);
 	gpu_mem_free(rt->dev);
 	rt->dev = to;
+	rt->nccl_dev = rt->desc.dev_index;
 	return 0;
+}
+
+/* ---- receives: a message's NCCL tensors land before it is routed ----------------------- */
+
+static void group_fail(struct ag_nccl_group *g, int rc, const char *why)
+{
+	if (g->state == G_DONE || g->state == G_FAILED)
+		return;
+	g->state = G_FAILED;
+	g->rc = rc ? rc : RDAG_EIO;
+	if (!g->why[0])
+		snprintf(g->why, sizeof(g->why), "%s", why && why[0] ? why : "failed");
+}
+
+static void unpark(struct ag_nccl *e, struct ag_nccl_group *g)
+{
+	for (struct ag_nccl_group **p = &e->parked; *p; p = &(*p)->next) {
+		if (*p == g) {
+			*p = g->next;
+			g->next = NULL;
+			return;
+		}
+	}
+}
+
+/* Posts parked g, whose number is next on ready e. a->nccl_lock held. */
+static void post_group(struct ag_nccl *e, struct ag_nccl_group *g)
+{
+	struct xport_rx *rx = g->land->in->rx;
+	struct gpu_nccl_buf small[8], *bufs = small;
+	int rc;
+
+	if (g->n > 8 && !(bufs = calloc(g->n, sizeof(*bufs)))) {
+		group_fail(g, RDAG_ENOMEM, "out of memory posting NCCL receives");
+		fail_locked(e, g->why); /* its bytes stay in the pair's stream */
+		return;
+	}
+	for (uint32_t k = 0; k < g->n; k++) {
+		struct xport_rx_tensor *rt = &rx->tensors[g->idx[k]];
+
+		bufs[k] = (struct gpu_nccl_buf){.dptr = rt->dev, .len = rt->desc.nbytes, .recv = true};
+	}
+	rc = gpu_nccl_post(e->comm, bufs, g->n, &g->req);
+	if (bufs != small)
+		free(bufs);
+	if (rc) {
+		group_fail(g, rc, rdag_last_error());
+		fail_locked(e, g->why);
+		return;
+	}
+	g->state = G_POSTED;
+	e->seq += g->n;
+}
+
+/* Posts e's parked groups while the next is the one due. a->nccl_lock held. */
+static void pump(struct ag_nccl *e)
+{
+	while (e->state == NC_READY && e->parked && e->parked->seq == e->seq) {
+		struct ag_nccl_group *g = e->parked;
+
+		e->parked = g->next;
+		g->next = NULL;
+		post_group(e, g);
+	}
+}
+
+/* Parks g on e in number order and posts what is due. a->nccl_lock held. */
+static void park(struct ag_nccl *e, struct ag_nccl_group *g)
+{
+	struct ag_nccl_group **p = &e->parked;
+	uint32_t d = g->seq - e->seq; /* how far ahead of the next transfer (wrapping) */
+	char why[200];
+
+	if (e->state == NC_FAILED) {
+		group_fail(g, RDAG_EIO, e->why);
+		return;
+	}
+	/* A number already received or parked breaks the pair's order: the sender is wrong. */
+	while (*p && (uint32_t)((*p)->seq - e->seq) < d)
+		p = &(*p)->next;
+	if (d >= 0x80000000u || (*p && (*p)->seq == g->seq)) {
+		snprintf(why, sizeof(why), "a second transfer numbered %u (the next is %u)", g->seq,
+			 e->seq);
+		group_fail(g, RDAG_EWIRE_FIELD, why);
+		fail_locked(e, why);
+		return;
+	}
+	g->next = *p;
+	*p = g;
+	g->state = G_PARKED;
+	pump(e);
+	if (g->state == G_PARKED) /* an earlier message's turn, or the communicator opens */
+		atomic_fetch_add(&e->a->nccl_parked, 1);
+}
+
+void agent_test_nccl_parked(rdag_agent_t *a, unsigned *parked)
+{
+	*parked = atomic_load(&a->nccl_parked);
+}
+
+static void push_land(rdag_agent_t *a, void *w)
+{
+	struct ag_nccl_land *l = w;
+
+	l->next = a->nccl_lands;
+	a->nccl_lands = l;
+}
+
+/* Gives every NCCL tensor of l's message its outcome, frees l, routes the message. */
+static void land_finish(rdag_agent_t *a, struct ag_nccl_land *l)
+{
+	struct ag_in *in = l->in;
+	struct xport_rx *rx = in->rx;
+
+	for (uint32_t gi = 0; gi < l->ngroups; gi++) {
+		struct ag_nccl_group *g = &l->g[gi];
+
+		for (uint32_t k = 0; k < g->n; k++) {
+			struct xport_rx_tensor *rt = &rx->tensors[g->idx[k]];
+
+			rt->nccl_done = true;
+			if (g->state == G_DONE) {
+				rt->nccl_dev = (uint16_t)(rt->desc.u.nccl_tag >> 48);
+				continue;
+			}
+			/* A receive posted and failed may still write into it: kept until close. */
+			if (g->req && rt->dev)
+				zombie(a, rt->dev, NULL);
+			else
+				gpu_mem_free(rt->dev);
+			rt->dev = NULL;
+			rt->nccl_rc = g->rc ? g->rc : RDAG_EIO;
+			rt->nccl_why = strdup(g->why);
+		}
+		gpu_nccl_req_free(g->req);
+	}
+	free(l->g);
+	free(l);
+	atomic_fetch_sub(&a->serving, 1);
+	ag_on_landed(in);
+}
+
+/* Whether l's groups all ended (failing the overdue), without blocking. nccl_poll_lock held. */
+static bool land_test(rdag_agent_t *a, struct ag_nccl_land *l, uint64_t now, bool check)
+{
+	uint32_t src = l->in->src;
+	bool pending = false, dead = check && xport_peer_dead(a->x, src);
+
+	if (pthread_mutex_trylock(&a->nccl_lock))
+		return false; /* someone posts or fails: next pass */
+	for (uint32_t gi = 0; gi < l->ngroups; gi++) {
+		struct ag_nccl_group *g = &l->g[gi];
+		char why[200];
+		int rc = 0;
+
+		if (g->state == G_POSTED) {
+			rc = gpu_nccl_test(g->req);
+			if (rc == 0) {
+				g->state = G_DONE;
+			} else if (rc != RDAG_EAGAIN) {
+				/* NCCL's own words (a peer gone is ncclRemoteError: RDAG_EPEER_DEAD). */
+				snprintf(why, sizeof(why), "from worker %u (%s): %s", src,
+					 boot_name(a->b, src), rdag_last_error());
+				group_fail(g, rc, why);
+				fail_locked(g->e, why);
+			}
+		}
+		if (g->state != G_POSTED && g->state != G_PARKED)
+			continue;
+		if (dead) {
+			snprintf(why, sizeof(why), "worker %u (%s) died during an NCCL transfer", src,
+				 boot_name(a->b, src));
+			rc = RDAG_EPEER_DEAD;
+		} else if (now > l->deadline) {
+			snprintf(why, sizeof(why), g->state == G_PARKED ?
+				 "a transfer before this one did not come within %d ms "
+				 "(RDAG_NCCL_TIMEOUT_MS)" :
+				 "an NCCL transfer did not end within %d ms (RDAG_NCCL_TIMEOUT_MS)",
+				 a->nccl_timeout_ms);
+			rc = RDAG_ETIMEDOUT;
+		} else {
+			pending = true;
+			continue;
+		}
+		if (g->state == G_PARKED)
+			unpark(g->e, g);
+		group_fail(g, rc, why);
+		fail_locked(g->e, why);
+	}
+	pthread_mutex_unlock(&a->nccl_lock);
+	return !pending;
+}
+
+/* At close, nobody polls any more: sends end (done runs), messages still landing are dropped. */
+static void polls_end(rdag_agent_t *a)
+{
+	while (a->nccl_sents) {
+		struct ag_nccl_sent *s = a->nccl_sents;
+
+		a->nccl_sents = s->next;
+		sent_bury(a, s); /* done once the communicators are aborted */
+	}
+	while (a->nccl_lands) {
+		struct ag_nccl_land *l = a->nccl_lands;
+		struct xport_rx *rx = l->in->rx;
+
+		a->nccl_lands = l->next;
+		for (uint32_t gi = 0; gi < l->ngroups; gi++) {
+			for (uint32_t k = 0; k < l->g[gi].n; k++) {
+				struct xport_rx_tensor *rt = &rx->tensors[l->g[gi].idx[k]];
+
+				rt->nccl_done = true;
+				if (l->g[gi].state == G_POSTED && rt->dev) {
+					zombie(a, rt->dev, NULL);
+					rt->dev = NULL;
+				}
+			}
+			gpu_nccl_req_free(l->g[gi].req);
+		}
+		ag_in_free(l->in);
+		free(l->g);
+		free(l);
+	}
+	atomic_store(&a->nccl_waits, 0);
+}
+
+int ag_nccl_poll(void *arg, int *busy)
+{
+	rdag_agent_t *a = arg;
+	struct ag_nccl_land *ldone = NULL, **lp;
+	struct ag_nccl_sent *sdone = NULL, **sp;
+	uint64_t now;
+	bool check;
+	int n = 0;
+
+	if (atomic_load(&a->nccl_waits) == 0)
+		return 0;
+	*busy = 1;
+	if (pthread_mutex_trylock(&a->nccl_poll_lock))
+		return 0; /* another thread polls them */
+	now = ag_now_ns();
+	check = now - a->nccl_polled_ns >= 1000000u; /* peers' liveness: once a millisecond */
+	if (check)
+		a->nccl_polled_ns = now;
+	/* Lists newest first: what ended is collected oldest first. */
+	for (lp = &a->nccl_lands; *lp;) {
+		struct ag_nccl_land *l = *lp;
+
+		if (!land_test(a, l, now, check)) {
+			lp = &l->next;
+			continue;
+		}
+		*lp = l->next;
+		l->next = ldone;
+		ldone = l;
+		n++;
+	}
+	for (sp = &a->nccl_sents; *sp;) {
+		struct ag_nccl_sent *s = *sp;
+
+		if (!sent_test(a, s, now, check)) {
+			sp = &s->next;
+			continue;
+		}
+		*sp = s->next;
+		s->next = sdone;
+		sdone = s;
+		n++;
+	}
+	atomic_fetch_sub(&a->nccl_waits, n);
+	pthread_mutex_unlock(&a->nccl_poll_lock);
+	while (sdone) {
+		struct ag_nccl_sent *s = sdone;
+
+		sdone = s->next;
+		if (s->rc) {
+			/* Its buffers stay the sender's until the communicator is aborted at close. */
+			LOG_WARN("agent: NCCL send %s (the receiver reports the tensor as lost)", s->why);
+			sent_bury(a, s);
+			continue;
+		}
+		sent_put(s); /* done runs once the xport's completion came too */
+	}
+	while (ldone) {
+		struct ag_nccl_land *l = ldone;
+
+		ldone = l->next;
+		land_finish(a, l);
+	}
+	return n;
+}
+
+/* Sets up g for the NCCL tensors of rx whose device bits are key, from tensor `from` on. */
+static void group_init(struct ag_nccl_group *g, const struct xport_rx *rx, uint32_t from,
+		       uint32_t key)
+{
+	g->key = key;
+	g->seq = (uint32_t)rx->tensors[from].desc.u.nccl_tag;
+	for (uint32_t i = from; i < rx->ntensors; i++) {
+		const struct wire_tensor *d = &rx->tensors[i].desc;
+
+		if (d->loc == WIRE_LOC_NCCL && (uint32_t)(d->u.nccl_tag >> 32) == key)
+			g->idx[g->n++] = i;
+	}
+}
+
+/* Finds g's communicator, checks its numbering, allocates its buffers, parks it. */
+static void group_start(rdag_agent_t *a, struct ag_nccl_group *g, uint32_t src)
+{
+	struct xport_rx *rx = g->land->in->rx;
+	unsigned sdev = g->key & 0xffffu, rdev = g->key >> 16;
+	char why[200];
+	int rc = 0;
+
+	pthread_mutex_lock(&a->nccl_lock);
+	/* The sender's communicator was up before it sent, so ours exists (we answered it). */
+	g->e = a->nccl_closing ? NULL : find(a, src, rdev, sdev, false);
+	pthread_mutex_unlock(&a->nccl_lock);
+	if (!g->e) {
+		snprintf(why, sizeof(why), "it came from worker %u's device %u to device %u, but there "
+			 "is no working communicator for them%s", src, sdev, rdev,
+			 a->nccl_closing ? " (closing)" : "");
+		group_fail(g, RDAG_EIO, why);
+		return;
+	}
+	for (uint32_t k = 0; k < g->n; k++) {
+		if ((uint32_t)rx->tensors[g->idx[k]].desc.u.nccl_tag != g->seq + k) {
+			snprintf(why, sizeof(why), "the tensors of one message are numbered out of "
+				 "order (%u at %u)", (uint32_t)rx->tensors[g->idx[k]].desc.u.nccl_tag,
+				 k);
+			group_fail(g, RDAG_EWIRE_FIELD, why);
+			fail(g->e, why);
+			return;
+		}
+	}
+	for (uint32_t k = 0; k < g->n && !rc; k++) {
+		struct xport_rx_tensor *rt = &rx->tensors[g->idx[k]];
+
+		rc = gpu_mem_alloc((int)rdev, (size_t)rt->desc.nbytes, &rt->dev);
+		if (rc) {
+			snprintf(why, sizeof(why), "%s", rdag_last_error());
+			group_fail(g, rc, why);
+			fail(g->e, why); /* its bytes stay in the pair's stream */
+		}
+	}
+	if (rc)
+		return;
+	pthread_mutex_lock(&a->nccl_lock);
+	park(g->e, g);
+	pthread_mutex_unlock(&a->nccl_lock);
+}
+
+static void land_job(struct ag_job *j)
+{
+	struct ag_in *in = (struct ag_in *)j;
+	rdag_agent_t *a = in->a;
+	struct xport_rx *rx = in->rx;
+	struct ag_nccl_land *l;
+	uint32_t nt = 0, *next;
+
+	for (uint32_t i = 0; i < rx->ntensors; i++)
+		nt += rx->tensors[i].desc.loc == WIRE_LOC_NCCL;
+	l = calloc(1, sizeof(*l) + nt * sizeof(uint32_t));
+	if (l)
+		l->g = calloc(nt, sizeof(*l->g));
+	if (!l || !l->g) {
+		/* Nothing received: the pair's stream is lost, so are its communicators. */
+		for (uint32_t i = 0; i < rx->ntensors; i++) {
+			struct xport_rx_tensor *rt = &rx->tensors[i];
+
+			if (rt->desc.loc != WIRE_LOC_NCCL)
+				continue;
+			rt->nccl_done = true;
+			rt->nccl_rc = RDAG_ENOMEM;
+		}
+		ag_nccl_drop(a, rx, "out of memory receiving its tensors");
+		free(l);
+		atomic_fetch_sub(&a->serving, 1);
+		ag_on_landed(in);
+		return;
+	}
+	l->in = in;
+	l->deadline = deadline_of(a);
+	next = l->idx;
+	for (uint32_t i = 0; i < rx->ntensors; i++) {
+		const struct wire_tensor *d = &rx->tensors[i].desc;
+		uint32_t key = (uint32_t)(d->u.nccl_tag >> 32);
+		bool seen = false;
+
+		if (d->loc != WIRE_LOC_NCCL)
+			continue;
+		for (uint32_t gi = 0; gi < l->ngroups && !seen; gi++)
+			seen = l->g[gi].key == key;
+		if (seen)
+			continue;
+		l->g[l->ngroups].land = l;
+		l->g[l->ngroups].idx = next;
+		group_init(&l->g[l->ngroups], rx, i, key);
+		next += l->g[l->ngroups].n;
+		l->ngroups++;
+	}
+	for (uint32_t gi = 0; gi < l->ngroups; gi++)
+		group_start(a, &l->g[gi], in->src);
+	poll_add(a, push_land, l);
+}
+
+void ag_nccl_land(struct ag_in *in)
+{
+	/* Counted as served, so closing waits for it; landed off the progress loop (cuMemAlloc). */
+	atomic_fetch_add(&in->a->serving, 1);
+	in->job.run = land_job;
+	pool_push(&in->a->pool, &in->job);
 }
 
 int ag_nccl_recv(rdag_agent_t *a, uint32_t src, struct xport_rx_tensor *rt, uint32_t index)
 {
-	uint64_t tag = rt->desc.u.nccl_tag, nb = rt->desc.nbytes, deadline = deadline_of(a);
-	unsigned sdev = (unsigned)(tag >> 32) & 0xffffu, rdev = (unsigned)(tag >> 48);
-	uint32_t seq = (uint32_t)tag;
-	struct gpu_nccl_buf b = {.len = nb, .recv = true};
-	struct gpu_nccl_req *req = NULL;
-	struct ag_nccl *e;
-	int rc;
-
-	rt->nccl_done = true;
-	pthread_mutex_lock(&a->nccl_lock);
-	/*
-	 * The sender's communicator was up before it sent, so ours exists (we answered its offer)
-	 * and is up or about to be. None at all: a sender that never offered one; refused at once.
-	 */
-	while ((e = find(a, src, rdev, sdev, false)) && e->state == NC_OPENING) {
-		if (a->nccl_closing || xport_peer_dead(a->x, src) || !wait_until(a, deadline))
-			break;
-	}
-	if (!e || e->state != NC_READY) {
-		pthread_mutex_unlock(&a->nccl_lock);
-		return err_set(RDAG_EIO, "tensor %u came by NCCL from worker %u's device %u to device "
-			       "%u, but there is no working communicator for them%s%s", index, src,
-			       sdev, rdev, e && e->why[0] ? ": " : "", e ? e->why : "");
-	}
-	pthread_mutex_unlock(&a->nccl_lock);
-	rc = gpu_mem_alloc((int)rdev, nb, &b.dptr);
-	if (rc) {
-		rc = err_set(rc, "tensor %u: %s", index, rdag_last_error());
-		fail(e, rdag_last_error()); /* its bytes stay in the pair's stream */
-		return rc;
-	}
-	pthread_mutex_lock(&a->nccl_lock);
-	while (e->seq != seq && e->state == NC_READY && !a->nccl_closing) {
-		if (xport_peer_dead(a->x, src) || !wait_until(a, deadline)) {
-			fail_locked(e, "a transfer before this one never came");
-			break;
-		}
-	}
-	rc = e->state == NC_READY && e->seq == seq ? gpu_nccl_post(e->comm, &b, 1, &req) : RDAG_EIO;
-	if (!rc)
-		e->seq++;
-	pthread_cond_broadcast(&a->nccl_cond);
-	pthread_mutex_unlock(&a->nccl_lock);
-	if (!rc)
-		rc = finish(a, e, req);
-	else if (!e->why[0])
-		fail(e, rdag_last_error());
-	gpu_nccl_req_free(req);
-	if (rc) {
-		char why[256];
-
-		snprintf(why, sizeof(why), "%s", e->why[0] ? e->why : rdag_last_error());
-		gpu_mem_free(b.dptr);
-		return err_set(rc ? rc : RDAG_EIO, "tensor %u from worker %u by NCCL: %s", index, src,
-			       why);
-	}
-	rt->dev = b.dptr;
-	if (rt->desc.dev_index != rdev)
-		return move(rt, rdev, index);
+	(void)a;
+	if (!rt->nccl_done)
+		return err_set(RDAG_EIO, "tensor %u from worker %u by NCCL was never received", index,
+			       src);
+	if (rt->nccl_rc)
+		return err_set(rt->nccl_rc, "tensor %u from worker %u by NCCL: %s", index, src,
+			       rt->nccl_why ? rt->nccl_why : "out of memory");
+	if (rt->desc.dev_index != rt->nccl_dev)
+		return move(rt, rt->nccl_dev, index);
 	return 0;
+}
+
+/* Fails the communicators of rx's NCCL tensors not received: their pairs' order is lost. */
+void ag_nccl_drop(rdag_agent_t *a, struct xport_rx *rx, const char *why)
+{
+	pthread_mutex_lock(&a->nccl_lock);
+	for (uint32_t i = 0; i < rx->ntensors; i++) {
+		const struct xport_rx_tensor *rt = &rx->tensors[i];
+		uint64_t tag = rt->desc.u.nccl_tag;
+		struct ag_nccl *e;
+
+		if (rt->desc.loc != WIRE_LOC_NCCL || (rt->nccl_done && !rt->nccl_rc))
+			continue;
+		e = find(a, rx->peer, (unsigned)(tag >> 48), (unsigned)(tag >> 32) & 0xffffu, false);
+		if (e && e->state != NC_FAILED)
+			fail_locked(e, why);
+	}
+	pthread_mutex_unlock(&a->nccl_lock);
 }
 
 void ag_nccl_drain(rdag_agent_t *a, struct xport_rx *rx)
 {
+	bool lost = false;
+
 	for (uint32_t i = 0; i < rx->ntensors; i++) {
 		struct xport_rx_tensor *rt = &rx->tensors[i];
 
-		if (rt->desc.loc != WIRE_LOC_NCCL || rt->nccl_done)
+		if (rt->desc.loc != WIRE_LOC_NCCL)
 			continue;
-		/* Received and dropped: the pair's later transfers depend on it. */
-		if (ag_nccl_recv(a, rx->peer, rt, i))
-			LOG_WARN("agent: dropping an unused NCCL tensor: %s", rdag_last_error());
+		lost |= !rt->nccl_done;
+		free(rt->nccl_why);
+		rt->nccl_why = NULL;
 	}
+	if (lost) /* released before landing (out of memory in dispatch) */
+		ag_nccl_drop(a, rx, "a message was dropped before its NCCL tensors came");
 }

@@ -321,7 +321,11 @@ static void user_msg(struct xport *x, struct xp_peer *p, struct xp_recv *r)
 
 		if (!wire_tensor_next(&it, &d->desc))
 			break;
-		d->dev = NULL;
+		d->dev = NULL; /* the user's fields start empty (t_small is reused) */
+		d->nccl_done = false;
+		d->nccl_rc = 0;
+		d->nccl_dev = 0;
+		d->nccl_why = NULL;
 		rc = 0;
 		switch (d->desc.loc) {
 		case WIRE_LOC_INLINE:

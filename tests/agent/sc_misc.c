@@ -1029,6 +1029,57 @@ static void gpu_check_nccl(struct am_worker *w, const struct rdag_peer_info *pi,
 	      (unsigned long long)nin);
 }
 
+/* Concurrent calls with device tensors: GR_THREADS threads of GR_CALLS calls each. */
+#define GR_THREADS 4
+#define GR_CALLS 4
+
+struct gr_conc {
+	struct am_worker *w;
+	int id;
+	int failed;               /* calls that went wrong */
+	char why[200];            /* the first one's story */
+};
+
+static void *gr_conc_main(void *arg)
+{
+	struct gr_conc *c = arg;
+	uint8_t *h = malloc(GR_BYTES);
+	void *d = NULL;
+	char why[160];
+
+	if (!h || gpu_mem_alloc(0, GR_BYTES, &d)) {
+		snprintf(c->why, sizeof(c->why), "thread %d: memory: %s", c->id, rdag_last_error());
+		c->failed = GR_CALLS;
+		free(h);
+		return NULL;
+	}
+	for (int i = 0; i < GR_CALLS; i++) {
+		uint64_t seed = 2000 + 100 * (uint64_t)c->id + (uint64_t)i;
+		rdag_future_t *f = NULL;
+		struct rdag_msg res;
+		int rc;
+
+		mp_fill(h, GR_BYTES, seed);
+		rc = gpu_memcpy_htod(d, h, GR_BYTES);
+		if (!rc)
+			rc = gr_call(c->w, 1, d, 0, 1, seed, &f);
+		if (!rc)
+			rc = rdag_future_result(f, &res);
+		if (rc)
+			snprintf(why, sizeof(why), "%s", rdag_last_error());
+		else if (res.ntensors != 1 || gr_verify(&res.tensors[0], 0, seed + 1, why, sizeof(why)))
+			rc = -1;
+		if (rc == -1 && res.ntensors != 1)
+			snprintf(why, sizeof(why), "%u result tensors", res.ntensors);
+		if (rc && !c->failed++)
+			snprintf(c->why, sizeof(c->why), "thread %d call %d: %s", c->id, i, why);
+		rdag_future_free(f);
+	}
+	gpu_mem_free(d);
+	free(h);
+	return NULL;
+}
+
 void sc_gpu_rpc(struct am_worker *w)
 {
 	int rc = gpu_init(), m01[2] = {1, -1}, m10[2] = {-1, 0}, self[1] = {1}, far[1] = {63};
@@ -1172,6 +1223,38 @@ void sc_gpu_rpc(struct am_worker *w)
 			gpu_mem_free(dd[1]);
 			gpu_mem_free(dd[2]);
 		}
+		/*
+		 * Calls from several threads at once: their messages leave in another order than
+		 * their NCCL transfers were numbered, and the replies too (handlers run them in
+		 * parallel); every byte is checked. How many arrived early is printed (not fixed).
+		 */
+		{
+			struct gr_conc c[GR_THREADS];
+			pthread_t th[GR_THREADS];
+			unsigned parked = 0;
+			int started = 0;
+
+			am_phase(w, "gpu_rpc: concurrent calls");
+			memset(c, 0, sizeof(c));
+			for (int k = 0; k < GR_THREADS; k++) {
+				c[k].w = w;
+				c[k].id = k;
+				if (pthread_create(&th[k], NULL, gr_conc_main, &c[k]) == 0)
+					started++;
+				else
+					break;
+			}
+			CHECK(w, started == GR_THREADS, "%d of %d threads started", started,
+			      GR_THREADS);
+			for (int k = 0; k < started; k++) {
+				pthread_join(th[k], NULL);
+				CHECK(w, c[k].failed == 0, "%d concurrent calls failed; %s", c[k].failed,
+				      c[k].why);
+			}
+			agent_test_nccl_parked(w->a, &parked);
+			printf("gpu_rpc: %d concurrent calls passed; %u NCCL receives here waited for "
+			       "an earlier one\n", GR_THREADS * GR_CALLS, parked);
+		}
 		/* To itself: device 0 -> device 1 and back through the loopback. */
 		CHECK_RC(w, rdag_agent_set_device_map(w->a, 0, self, 1), 0, "map 0 -> 1 to itself");
 		rc = gr_call(w, 0, d, 0, 1, 100, NULL);
@@ -1199,14 +1282,16 @@ out:
 	 * device 63, the one whose reply had no map back, 20 good calls (the unmapped one and the
 	 * host memory were refused first). Worker 1 landed 21 (not the one for device 63) and staged
 	 * 20 replies (not the unmapped one), which worker 0 landed; then the call with three
-	 * tensors (GR_BYTES + 4104 + 8 bytes) and its reply. With the nccl path, all of them but
+	 * tensors (GR_BYTES + 4104 + 8 bytes) and its reply, and the concurrent calls (one tensor
+	 * each way each). With the nccl path, all of them but
 	 * the one for device 63 (its communicator refused) go by NCCL.
 	 */
 	{
 		struct rdag_peer_info pi;
 		const uint64_t three = GR_BYTES + 4104 + 8;
-		uint64_t out = w->rank ? 20 : 22, in = w->rank ? 21 : 20;
-		uint64_t nout = (w->rank ? 20 : 21) + 3, nin = (w->rank ? 21 : 20) + 3;
+		uint64_t conc = GR_THREADS * GR_CALLS;
+		uint64_t out = (w->rank ? 20 : 22) + conc, in = (w->rank ? 21 : 20) + conc;
+		uint64_t nout = (w->rank ? 20 : 21) + 3 + conc, nin = (w->rank ? 21 : 20) + 3 + conc;
 
 		CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)(1 - w->rank), &pi), 0, "rdag_peer_info");
 		CHECK(w, pi.gpu_tensors_out == out + 3 && pi.gpu_bytes_out == out * GR_BYTES + three &&
