@@ -280,6 +280,9 @@ int gpu_nccl_test(struct gpu_nccl_req *req)
 	if (req->complete)
 		return 0;
 	cr = req->c->cu->EventQuery(req->done);
+	if (cr == CUDA_ERROR_INVALID_CONTEXT && gpu_set_device(req->c->device) == 0)
+		/* A thread that never posted (the progress loop) may have no context yet. */
+		cr = req->c->cu->EventQuery(req->done);
 	if (cr == CUDA_SUCCESS) {
 		req->complete = 1;
 		return 0;

@@ -674,8 +674,7 @@ static bool sent_test(rdag_agent_t *a, struct ag_nccl_sent *s, uint64_t now, boo
 			continue;
 		rc = gpu_nccl_test(sl->req);
 		if (rc == RDAG_EAGAIN && check && xport_peer_dead(a->x, sl->e->peer))
-			rc = err_set(RDAG_EPEER_DEAD, "worker %u (%s) died during an NCCL transfer",
-				     sl->e->peer, boot_name(a->b, sl->e->peer));
+			rc = err_set(RDAG_EPEER_DEAD, "it died during the transfer"); /* why: the peer */
 		else if (rc == RDAG_EAGAIN && now > s->deadline)
 			rc = err_set(RDAG_ETIMEDOUT, "an NCCL transfer did not end within %d ms "
 				     "(RDAG_NCCL_TIMEOUT_MS)", a->nccl_timeout_ms);

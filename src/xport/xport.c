@@ -370,7 +370,16 @@ int xport_progress(struct xport *x, int timeout_ms)
 		if (now >= deadline)
 			return 0;
 		if (busy) {
-			/* Work without a completion queue to wait on is pending: poll it again. */
+			/*
+			 * Work without a completion queue to wait on is pending: poll it again. Arena
+			 * tails are reported once a busy-poll window, as an idle loop would.
+			 */
+			if (now >= spin_end) {
+				xp_lock(x);
+				idle_tails(x);
+				xp_unlock(x);
+				spin_end = now + (uint64_t)x->o.busy_poll_us * 1000u;
+			}
 			sched_yield();
 			nap_ns = 0;
 			continue;
