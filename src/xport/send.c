@@ -202,15 +202,28 @@ int xport_send_hs(struct xport *x, struct xp_peer *p, int ack)
 	return xport_ctl_post(x, op);
 }
 
-/* Posts the remaining writes of tensor t. 0, RDAG_EAGAIN (tx queue full) or an error. */
+/* post_writes: the peer's write window is full; its write completions make it dirty again. */
+#define XP_WFULL 1
+
+/*
+ * Posts the remaining writes of tensor t. 0, RDAG_EAGAIN (tx queue full), XP_WFULL (the peer's
+ * window is full: not a failure, the rest goes as earlier writes complete) or an error.
+ */
 static int post_writes(struct xport *x, struct xp_stensor *t)
 {
 	struct xp_op *op = t->op;
+	struct xp_peer *p = op->peer;
 
 	while (t->posted < t->len) {
 		uint64_t chunk = t->len - t->posted;
 		int rc;
 
+		if (x->write_window && p->wbytes >= x->write_window) {
+			if (!p->wwait)
+				x->st.window_waits++;
+			p->wwait = 1;
+			return XP_WFULL;
+		}
 		if (chunk > x->max_write)
 			chunk = x->max_write;
 		rc = fab_write(x->ep, op->peer->rank, t->data + t->posted, (size_t)chunk, t->reg->mr.desc,
@@ -218,6 +231,11 @@ static int post_writes(struct xport *x, struct xp_stensor *t)
 		if (rc)
 			return rc;
 		t->posted += chunk;
+		t->wcharged += chunk;
+		p->wbytes += chunk;
+		if (p->wbytes > x->st.window_peak)
+			x->st.window_peak = p->wbytes;
+		x->st.writes++;
 		t->writes_out++;
 		op->writes_out++;
 		x->st.bytes_written += chunk;
@@ -225,7 +243,7 @@ static int post_writes(struct xport *x, struct xp_stensor *t)
 	return 0;
 }
 
-/* Posts the eager writes op still has to post. 0, RDAG_EAGAIN or an error. */
+/* Posts the eager writes op still has to post. 0, RDAG_EAGAIN, XP_WFULL or an error. */
 static int post_eager(struct xport *x, struct xp_op *op)
 {
 	for (uint32_t i = 0; i < op->ntensors && op->eager_left; i++) {
@@ -316,7 +334,7 @@ static int flush_rdv(struct xport *x, struct xp_peer *p)
 				op->rdv_left = 0;
 			}
 		}
-		if (rc && rc != RDAG_EAGAIN) {
+		if (rc && rc != RDAG_EAGAIN && rc != XP_WFULL) {
 			post_failed(x, p, rc, "rendezvous write");
 			return rc;
 		}
@@ -327,8 +345,8 @@ static int flush_rdv(struct xport *x, struct xp_peer *p)
 			xport_op_check(x, op);
 			continue;
 		}
-		if (rc == RDAG_EAGAIN)
-			return rc;
+		if (rc == RDAG_EAGAIN || rc == XP_WFULL)
+			return rc; /* later ops' writes wait too: the window is the peer's */
 		pp = &op->rnext;
 	}
 	return 0;
@@ -431,8 +449,8 @@ static bool flush_peer(struct xport *x, struct xp_peer *p)
 		if (!op->eager_left)
 			continue;
 		rc = post_eager(x, op);
-		if (rc == RDAG_EAGAIN) {
-			blocked = true;
+		if (rc == RDAG_EAGAIN || rc == XP_WFULL) {
+			blocked = rc == RDAG_EAGAIN;
 			break;
 		}
 		if (rc) {
@@ -444,8 +462,11 @@ static bool flush_peer(struct xport *x, struct xp_peer *p)
 		blocked = true;
 	if (p->state != XP_PEER_DEAD && xport_flush_answers(x, p))
 		blocked = true;
-	if (p->state != XP_PEER_DEAD && flush_rdv(x, p))
-		blocked = true;
+	if (p->state != XP_PEER_DEAD) {
+		rc = flush_rdv(x, p);
+		if (rc && rc != XP_WFULL)
+			blocked = true;
+	}
 	if (p->state == XP_PEER_DEAD)
 		return false;
 	while (p->bl_head) {
@@ -530,6 +551,18 @@ void xport_write_done(struct xport *x, struct xp_stensor *t, int status, const c
 	struct xp_op *op = t->op;
 	struct xp_peer *p = op->peer;
 
+	uint64_t back = t->wcharged < x->max_write ? t->wcharged : x->max_write;
+
+	/*
+	 * Every write of t but its last is max_write long: giving back max_write (or what is left)
+	 * per completion returns exactly what was charged, whichever write this was.
+	 */
+	t->wcharged -= back;
+	p->wbytes -= back;
+	if (p->wwait) {
+		p->wwait = 0;
+		xport_dirty(x, p);
+	}
 	t->writes_out--;
 	op->writes_out--;
 	if (status < 0) {

@@ -27,6 +27,8 @@
 #define SPIN_NS 20000u /* of the busy-poll window, spent spinning without yielding */
 #define DEF_IDLE_SLEEP_US 100
 #define DEF_RDV_CACHE ((size_t)64 << 20)
+#define DEF_WRITE_WINDOW ((size_t)8 << 20)
+#define MIN_WRITE_CHUNK ((size_t)64 << 10)
 #define OPEN_TIMEOUT_MIN_MS 30000
 #define EV_BATCH 32
 #define POLL_BATCH 16
@@ -63,6 +65,7 @@ void xport_opts_init(struct xport_opts *o)
 	o->idle_sleep_us = (int)rdag_env_size("RDAG_IDLE_SLEEP_US", DEF_IDLE_SLEEP_US, 0, 100000);
 	o->open_timeout_ms = 0;
 	o->rdv_cache = rdag_env_size("RDAG_RDV_CACHE", DEF_RDV_CACHE, 0, (size_t)1 << 40);
+	o->write_window = rdag_env_size("RDAG_WRITE_WINDOW", DEF_WRITE_WINDOW, 0, (size_t)1 << 40);
 }
 
 static uint32_t npeers_of(uint32_t world)
@@ -759,6 +762,21 @@ int xport_open(const struct xport_opts *o, struct boot *b, struct fab_ep *ep, st
 	x->can_inject = (x->attr->caps & FAB_CAP_INJECT) && x->attr->inject_size > 0;
 	x->inject_size = x->attr->inject_size;
 	x->max_write = x->attr->max_write_size ? x->attr->max_write_size : SIZE_MAX;
+	/*
+	 * The write window: a big tensor goes as chunks of a quarter of the window, at most a window
+	 * of them in flight per peer. On providers that queue a peer's operations in order (a TCP
+	 * stream, a verbs send queue), a keepalive answer or a control message then waits behind at
+	 * most a window of data, not behind a whole tensor (docs/transport.md).
+	 */
+	x->write_window = x->o.write_window;
+	if (x->write_window) {
+		size_t chunk = x->write_window / 4 > MIN_WRITE_CHUNK ? x->write_window / 4 : MIN_WRITE_CHUNK;
+
+		if (chunk < x->max_write)
+			x->max_write = chunk;
+	}
+	x->st.write_window = x->write_window;
+	x->st.write_chunk = x->max_write;
 	x->timeout_ns = (uint64_t)x->o.peer_timeout_ms * 1000000u;
 	x->ka_ns = x->timeout_ns / 4;
 	x->job_token = fnv1a(boot_job_token(b));

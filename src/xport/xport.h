@@ -97,6 +97,7 @@ struct xport_opts {
 	int idle_sleep_us;       /* without a wait fd: longest sleep between idle polls (RDAG_IDLE_SLEEP_US, 100; 0: yield) */
 	int open_timeout_ms;     /* handshakes must finish within this (default: peer_timeout_ms) */
 	size_t rdv_cache;        /* bytes of freed rendezvous buffers kept for reuse (RDAG_RDV_CACHE, 64 MiB) */
+	size_t write_window;     /* bytes of RDMA writes in flight per peer (RDAG_WRITE_WINDOW, 8 MiB; 0: unbounded) */
 	xport_recv_fn on_recv;   /* required */
 	void *recv_arg;
 	xport_peer_fn on_peer_dead; /* optional */
@@ -285,6 +286,10 @@ struct xport_stats {
 	uint64_t tensors_inline, tensors_eager, tensors_rdv; /* sent, by protocol */
 	uint64_t tensors_nccl;     /* sent with location NCCL (the agent moved their bytes) */
 	uint64_t bytes_written;               /* by RDMA write (eager + rendezvous) */
+	uint64_t writes;                      /* RDMA writes posted */
+	uint64_t window_waits;                /* times a write waited for room in a peer's window */
+	uint64_t window_peak;                 /* most write bytes in flight towards one peer */
+	uint64_t write_window, write_chunk;   /* in force: the window (0: none), the largest write */
 	uint64_t credit_msgs_sent;            /* explicit CREDIT messages */
 	uint64_t pings_sent;                  /* keepalives */
 	uint64_t backlogged;                  /* sends that waited for credits */

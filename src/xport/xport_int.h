@@ -66,6 +66,7 @@ struct xp_stensor {
 	uint32_t index;
 	uint32_t writes_out;    /* posted writes not completed */
 	uint64_t posted;        /* bytes of writes posted */
+	uint64_t wcharged;      /* bytes of its writes counted in the peer's window, not yet given back */
 	uint64_t raddr, rkey;   /* where the bytes go (slot or rendezvous destination) */
 	uint64_t token;         /* rendezvous: the answer's request id, echoed in RDV_DONE */
 	int32_t rstatus;        /* rendezvous: status RDV_DONE reports (0, or why it was not written) */
@@ -181,6 +182,8 @@ struct xp_peer {
 	uint32_t owed;            /* its buffers reposted and not yet returned */
 	uint32_t held;            /* its messages holding buffers here */
 	uint32_t max_msg;         /* largest message it receives */
+	uint64_t wbytes;          /* bytes of RDMA writes to it posted and not completed */
+	uint8_t wwait;            /* a write waits for room in the window: completions make it dirty */
 	uint16_t offer;           /* its handshake's WIRE_HS_* offer bits (ACK masked off) */
 	uint32_t nrefusals;
 	struct xp_refusal refusals[XP_REFUSALS];
@@ -217,7 +220,8 @@ struct xport {
 	int wake_fd;              /* eventfd that xport_wake writes; -1 without one */
 	atomic_int sleeping;      /* threads blocked in xport_progress's poll() */
 	size_t inject_size;
-	size_t max_write;
+	size_t max_write;         /* largest single write: the provider's, or the window's chunk */
+	size_t write_window;      /* bytes of writes in flight per peer (0: unbounded) */
 	uint64_t ka_ns, timeout_ns;
 
 	struct xp_peer *peers;    /* world entries (ours unused) */

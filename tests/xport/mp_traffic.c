@@ -276,6 +276,7 @@ void sc_burst(struct mp_worker *w)
 /* ---- tensors of every size through the three protocols ---------------------------------------- */
 
 #define T_MAXT 24
+#define T_BIG ((uint64_t)64 << 20) /* the largest tensor */
 
 struct tmsg {
 	int kind;                 /* 0: BACKWARD_AUTOGRAD_REQ, 1: FORWARD_AUTOGRAD_REQ(RPC_CALL),
@@ -295,7 +296,7 @@ struct tens {
 
 static const uint64_t t_sizes[] = {
 	1, 7, 8, 100, 4095, 4096, 4097, 8191, 65536 + 3, 1u << 20, 2u << 20, (2u << 20) + 1,
-	(3u << 20) + 5, 8u << 20, (16u << 20) + 64, 64u << 20,
+	(3u << 20) + 5, 8u << 20, (16u << 20) + 64, T_BIG,
 };
 
 static void build_msgs(struct tens *s)
@@ -441,11 +442,32 @@ void sc_tensors(struct mp_worker *w)
 		 (unsigned long long)s.got_loc[WIRE_LOC_RDV_PENDING]);
 	MP_CHECK(w, st.credit_overruns == 0 && st.refused == 0, "overruns %llu, refused %llu",
 		 (unsigned long long)st.credit_overruns, (unsigned long long)st.refused);
+	/*
+	 * The write window (RDAG_WRITE_WINDOW): writes no longer than its chunk, never more than a
+	 * window (plus the write that crossed it) in flight to one peer, and the 64 MiB tensor had
+	 * to wait for room. Without a window: nothing waited.
+	 */
+	MP_CHECK(w, st.write_chunk && st.writes * st.write_chunk >= st.bytes_written,
+		 "%llu writes for %llu bytes, at most %llu each", (unsigned long long)st.writes,
+		 (unsigned long long)st.bytes_written, (unsigned long long)st.write_chunk);
+	if (st.write_window) {
+		MP_CHECK(w, st.window_peak < st.write_window + st.write_chunk,
+			 "%llu bytes of writes in flight to one peer, window %llu",
+			 (unsigned long long)st.window_peak, (unsigned long long)st.write_window);
+		MP_CHECK(w, st.write_window >= T_BIG || st.window_waits > 0,
+			 "no write waited for the %llu-byte window", (unsigned long long)st.write_window);
+	} else {
+		MP_CHECK(w, st.window_waits == 0, "%llu writes waited without a window",
+			 (unsigned long long)st.window_waits);
+	}
 	if (!w->fail && w->rank == 0)
 		printf("tensors: %u messages, 1 B .. 64 MiB, verified (%s); sent %llu inline, %llu "
-		       "eager, %llu rendezvous\n", s.nmsgs, st.visibility,
+		       "eager, %llu rendezvous; %llu writes of at most %llu bytes, window %llu, "
+		       "%llu waits for it, at most %llu bytes in flight\n", s.nmsgs, st.visibility,
 		       (unsigned long long)st.tensors_inline, (unsigned long long)st.tensors_eager,
-		       (unsigned long long)st.tensors_rdv);
+		       (unsigned long long)st.tensors_rdv, (unsigned long long)st.writes,
+		       (unsigned long long)st.write_chunk, (unsigned long long)st.write_window,
+		       (unsigned long long)st.window_waits, (unsigned long long)st.window_peak);
 	w->on_rx = NULL;
 	w->sc = NULL;
 	MP_CHECK(w, boot_barrier(w->b) == 0, "barrier: %s", rdag_last_error());
