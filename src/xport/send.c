@@ -550,7 +550,6 @@ void xport_write_done(struct xport *x, struct xp_stensor *t, int status, const c
 {
 	struct xp_op *op = t->op;
 	struct xp_peer *p = op->peer;
-
 	uint64_t back = t->wcharged < x->max_write ? t->wcharged : x->max_write;
 
 	/*

@@ -20,7 +20,9 @@
  *    and stays valid until xport_release(), which gives the slots and the buffer back.
  *  - Flow control: at most `credits` messages outstanding towards each peer; credits come back
  *    piggybacked in every message header or by CREDIT messages; messages beyond the credits wait
- *    in a per-peer backlog (bounded: the send-op pool).
+ *    in a per-peer backlog (bounded: the send-op pool). Tensor bytes go as writes of at most a
+ *    quarter of write_window, at most a window of them in flight per peer, so a control message
+ *    or keepalive answer queued behind a big tensor waits for a window of data, not all of it.
  *  - Failure: a completion error, or silence beyond peer_timeout_ms while keepalives go
  *    unanswered, declares a peer dead: every pending operation towards it fails with
  *    RDAG_EPEER_DEAD and a message naming the peer (rank and name); later sends fail at once.
