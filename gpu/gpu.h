@@ -229,11 +229,17 @@ int gpu_nccl_id_create(uint8_t *id, size_t len);
 /*
  * A two-rank communicator between this worker (pair_rank 0 or 1) and one peer, from the id
  * bytes both received, on device, with its own non-blocking stream. Collective: both workers
- * call it (it blocks until both joined or NCCL fails).
+ * call it. Where NCCL can (ncclCommInitRankConfig, NCCL >= 2.14; RDAG_NCCL_NONBLOCKING=0 turns
+ * it off) it returns at once and the join goes on inside NCCL: gpu_nccl_comm_ready says when it
+ * ended, and gpu_nccl_comm_close aborts it if it never does. Otherwise it blocks until both
+ * joined or NCCL failed. timeout_ms bounds how long gpu_nccl_post waits for a non-blocking NCCL
+ * to put transfers on the stream (<= 0: 30 s).
  */
 struct gpu_nccl_comm;
-int gpu_nccl_comm_open(const uint8_t *id, size_t len, int pair_rank, int device,
+int gpu_nccl_comm_open(const uint8_t *id, size_t len, int pair_rank, int device, int timeout_ms,
 		       struct gpu_nccl_comm **out);
+/* 0 once c joined, RDAG_EAGAIN while it joins, an error if the join failed. Never blocks. */
+int gpu_nccl_comm_ready(struct gpu_nccl_comm *c);
 /* Aborts outstanding work and frees the communicator. NULL is a no-op. */
 void gpu_nccl_comm_close(struct gpu_nccl_comm *c);
 

@@ -1,9 +1,12 @@
 /* NCCL point-to-point data plane: a communicator per peer pair, grouped send/recv, polled events. */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wstrict-prototypes" /* nccl.h: ncclGroupStart(); */
@@ -30,6 +33,8 @@ static struct {
 	ncclResult_t (*GetVersion)(int *);
 	ncclResult_t (*GetUniqueId)(ncclUniqueId *);
 	ncclResult_t (*CommInitRank)(ncclComm_t *, int, ncclUniqueId, int);
+	/* NCCL >= 2.14, optional: a communicator that joins without blocking the caller. */
+	ncclResult_t (*CommInitRankConfig)(ncclComm_t *, int, ncclUniqueId, int, ncclConfig_t *);
 	ncclResult_t (*CommDestroy)(ncclComm_t);
 	ncclResult_t (*CommAbort)(ncclComm_t);
 	ncclResult_t (*CommGetAsyncError)(ncclComm_t, ncclResult_t *);
@@ -47,6 +52,8 @@ struct gpu_nccl_comm {
 	int device;
 	int peer;               /* the other rank of the pair: 1 - pair_rank */
 	int failed;             /* NCCL reported an error: no more posts */
+	int joining;            /* a non-blocking join not yet seen to end */
+	int timeout_ms;         /* how long a post waits for NCCL to enqueue (non-blocking) */
 };
 
 struct gpu_nccl_req {
@@ -102,6 +109,8 @@ static void nccl_load_once(void)
 	}
 	if (nc.GetVersion(&nc.version) != ncclSuccess)
 		nc.version = 0;
+	if (nc.version >= NCCL_VERSION(2, 14, 0))
+		*(void **)&nc.CommInitRankConfig = dlsym(nc.handle, "ncclCommInitRankConfig");
 	snprintf(nc.msg, sizeof(nc.msg), "NCCL %d from %s", nc.version, lib);
 	LOG_INFO("gpu: %s", nc.msg);
 }
@@ -147,10 +156,19 @@ int gpu_nccl_id_create(uint8_t *id, size_t len)
 	return 0;
 }
 
-int gpu_nccl_comm_open(const uint8_t *id, size_t len, int pair_rank, int device,
+/* Whether communicators join without blocking (RDAG_NCCL_NONBLOCKING, default 1). */
+static bool nonblocking(void)
+{
+	const char *v = getenv("RDAG_NCCL_NONBLOCKING");
+
+	return nc.CommInitRankConfig && !(v && !strcmp(v, "0"));
+}
+
+int gpu_nccl_comm_open(const uint8_t *id, size_t len, int pair_rank, int device, int timeout_ms,
 		       struct gpu_nccl_comm **out)
 {
 	struct gpu_nccl_comm *c = NULL;
+	bool blocking;
 	ncclUniqueId u;
 	ncclResult_t r;
 	CUresult cr;
@@ -175,6 +193,7 @@ int gpu_nccl_comm_open(const uint8_t *id, size_t len, int pair_rank, int device,
 	c->cu = gpu_cu_get(NULL);
 	c->device = device;
 	c->peer = 1 - pair_rank;
+	c->timeout_ms = timeout_ms > 0 ? timeout_ms : 30000;
 	cr = c->cu->StreamCreate(&c->stream, CU_STREAM_NON_BLOCKING);
 	if (cr != CUDA_SUCCESS) {
 		c->stream = NULL;
@@ -182,10 +201,32 @@ int gpu_nccl_comm_open(const uint8_t *id, size_t len, int pair_rank, int device,
 		goto fail;
 	}
 	memcpy(u.internal, id, GPU_NCCL_ID_BYTES);
-	r = nc.CommInitRank(&c->comm, 2, u, pair_rank);
+	blocking = !nonblocking();
+	if (!blocking) {
+		ncclConfig_t cfg = NCCL_CONFIG_INITIALIZER;
+
+		cfg.blocking = 0;
+		r = nc.CommInitRankConfig(&c->comm, 2, u, pair_rank, &cfg);
+		if (r == ncclInProgress || r == ncclSuccess) {
+			c->joining = 1; /* gpu_nccl_comm_ready says when it ended */
+			r = ncclSuccess;
+		} else if (r == ncclInvalidArgument || r == ncclInvalidUsage) {
+			/* An NCCL that does not take our configuration: the blocking join. */
+			LOG_INFO("gpu: ncclCommInitRankConfig refused a non-blocking communicator (%s): "
+				 "joining with ncclCommInitRank", nc.GetErrorString(r));
+			if (c->comm)
+				nc.CommAbort(c->comm);
+			c->comm = NULL;
+			blocking = true;
+		}
+	}
+	if (blocking)
+		r = nc.CommInitRank(&c->comm, 2, u, pair_rank);
 	if (r != ncclSuccess) {
+		if (c->comm)
+			nc.CommAbort(c->comm);
 		c->comm = NULL;
-		rc = nccl_err(r, "ncclCommInitRank");
+		rc = nccl_err(r, blocking ? "ncclCommInitRank" : "ncclCommInitRankConfig");
 		goto fail;
 	}
 	*out = c;
@@ -193,6 +234,30 @@ int gpu_nccl_comm_open(const uint8_t *id, size_t len, int pair_rank, int device,
 fail:
 	gpu_nccl_comm_close(c);
 	return rc;
+}
+
+int gpu_nccl_comm_ready(struct gpu_nccl_comm *c)
+{
+	ncclResult_t async = ncclSuccess;
+	ncclResult_t r;
+
+	if (!c)
+		return err_set(RDAG_EINVAL, "gpu: gpu_nccl_comm_ready without a communicator");
+	if (c->failed)
+		return err_set(RDAG_EIO, "gpu: the NCCL communicator with the peer failed earlier");
+	if (!c->joining)
+		return 0;
+	r = nc.CommGetAsyncError(c->comm, &async);
+	if (r != ncclSuccess)
+		async = r;
+	if (async == ncclInProgress)
+		return RDAG_EAGAIN;
+	if (async != ncclSuccess) {
+		c->failed = 1;
+		return nccl_err(async, "joining the NCCL communicator");
+	}
+	c->joining = 0;
+	return 0;
 }
 
 void gpu_nccl_comm_close(struct gpu_nccl_comm *c)
@@ -205,6 +270,37 @@ void gpu_nccl_comm_close(struct gpu_nccl_comm *c)
 	if (c->stream)
 		c->cu->StreamDestroy(c->stream);
 	free(c);
+}
+
+static uint64_t now_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/*
+ * On a non-blocking communicator, ncclGroupEnd may return ncclInProgress before the transfers
+ * are on the stream (the first ones to a peer connect first): an event recorded then would not
+ * follow them. Waits, at most c->timeout_ms, until NCCL says they are.
+ */
+static ncclResult_t enqueued(struct gpu_nccl_comm *c)
+{
+	uint64_t end = now_ms() + (uint64_t)c->timeout_ms;
+	ncclResult_t async = ncclInProgress;
+
+	for (;;) {
+		ncclResult_t r = nc.CommGetAsyncError(c->comm, &async);
+
+		if (r != ncclSuccess)
+			return r;
+		if (async != ncclInProgress)
+			return async;
+		if (now_ms() >= end)
+			return ncclInProgress; /* reported as a failure: the pair goes to host staging */
+		sched_yield();
+	}
 }
 
 int gpu_nccl_post(struct gpu_nccl_comm *c, const struct gpu_nccl_buf *bufs, size_t n,
@@ -252,7 +348,13 @@ int gpu_nccl_post(struct gpu_nccl_comm *c, const struct gpu_nccl_buf *bufs, size
 		if (r == ncclSuccess)
 			r = e;
 	}
-	if (r != ncclSuccess && r != ncclInProgress) {
+	if (r == ncclInProgress && (r = enqueued(c)) == ncclInProgress) {
+		c->failed = 1;
+		rc = err_set(RDAG_ETIMEDOUT, "gpu: NCCL did not take the transfers within %d ms",
+			     c->timeout_ms);
+		goto fail;
+	}
+	if (r != ncclSuccess) {
 		c->failed = 1;
 		rc = nccl_err(r, "ncclSend/ncclRecv group");
 		goto fail;

@@ -22,11 +22,16 @@ int gpu_nccl_id_create(uint8_t *id, size_t len)
 	return no_nccl();
 }
 
-int gpu_nccl_comm_open(const uint8_t *id, size_t len, int pair_rank, int device,
+int gpu_nccl_comm_open(const uint8_t *id, size_t len, int pair_rank, int device, int timeout_ms,
 		       struct gpu_nccl_comm **out)
 {
 	if (out)
 		*out = NULL;
+	return no_nccl();
+}
+
+int gpu_nccl_comm_ready(struct gpu_nccl_comm *c)
+{
 	return no_nccl();
 }
 

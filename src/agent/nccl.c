@@ -5,10 +5,11 @@
  * its device here and its destination device there; one per direction and device pair, made on
  * first use by the sender (rank 0): it makes the id and offers it in an NCCL_ID; the peer answers
  * with the same id and joins (rank 1), or with an all-zero id (refused); on a yes the sender
- * joins too. Each joins on a thread of its own (ncclCommInitRank blocks until both did), so
- * nobody starts waiting for a peer that said no. The sender waits for the communicator the
- * first time (at most the peer timeout); if it cannot be made, the pair's tensors keep going
- * through host staging, which is logged once.
+ * joins too. Each joins on a thread of its own, so nobody starts waiting for a peer that said
+ * no; where NCCL allows (ncclCommInitRankConfig, non-blocking) that thread polls the join and
+ * gives it up after the peer timeout, when the peer dies or when the agent closes. The sender
+ * waits for the communicator the first time (at most the peer timeout); if it cannot be made,
+ * the pair's tensors keep going through host staging, which is logged once.
  *
  * Order: NCCL matches a pair's sends and receives in posting order. Each communicator numbers
  * its sends (the descriptor's nccl_tag: sequence in bits 0-31, sender's device 32-47, receiver's
@@ -160,7 +161,7 @@ void ag_nccl_fini(rdag_agent_t *a)
 	for (e = a->nccl; e; e = next) {
 		next = e->next;
 		if (e->thr_started)
-			pthread_join(e->thr, NULL); /* an ncclCommInitRank still waiting for the peer */
+			pthread_join(e->thr, NULL); /* a join ends on closing (a blocking one: with NCCL) */
 		gpu_nccl_comm_close(e->comm);
 		pthread_mutex_destroy(&e->post_lock);
 		free(e);
@@ -243,15 +244,35 @@ static void fail(struct ag_nccl *e, const char *why)
 	pthread_mutex_unlock(&e->a->nccl_lock);
 }
 
+/*
+ * Joins e's communicator. A non-blocking join (gpu_nccl_comm_open) is polled here until it
+ * ended, the peer timeout passed, the peer died or the agent closes: whatever the peer does,
+ * this thread ends, and the communicator is aborted at close.
+ */
 static void *opener(void *arg)
 {
 	struct ag_nccl *e = arg;
 	rdag_agent_t *a = e->a;
+	uint64_t deadline = ag_now_ns() + (uint64_t)a->nccl_join_ms * 1000000u;
 	struct gpu_nccl_comm *c = NULL;
-	int rc = gpu_nccl_comm_open(e->id, sizeof(e->id), e->out ? 0 : 1, e->dev, &c);
+	int rc = gpu_nccl_comm_open(e->id, sizeof(e->id), e->out ? 0 : 1, e->dev,
+				    a->nccl_join_ms, &c);
 
 	pthread_mutex_lock(&a->nccl_lock);
 	e->comm = c; /* closed at the end even if the pair gave up on it meanwhile */
+	while (!rc && (rc = gpu_nccl_comm_ready(c)) == RDAG_EAGAIN) {
+		if (a->nccl_closing) {
+			rc = err_set(RDAG_ECANCELED, "the agent closed while it joined");
+		} else if (xport_peer_dead(a->x, e->peer)) {
+			rc = err_set(RDAG_EPEER_DEAD, "the peer died before it joined");
+		} else if (ag_now_ns() >= deadline) {
+			rc = err_set(RDAG_ETIMEDOUT, "the peer did not join within %d ms (the peer "
+				     "timeout)", a->nccl_join_ms);
+		} else {
+			wait_until(a, ag_now_ns() + 1000000u); /* 1 ms; closing wakes it at once */
+			rc = 0;
+		}
+	}
 	if (rc)
 		fail_locked(e, rdag_last_error());
 	else if (e->state == NC_OPENING)

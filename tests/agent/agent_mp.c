@@ -566,6 +566,7 @@ static const struct {
 	{"workers", sc_workers, 3},
 	{"manual", sc_manual, 2},
 	{"gpu_rpc", sc_gpu_rpc, 2},
+	{"gpu_join_stall", sc_gpu_join_stall, 2},
 	{"gpu_backward", sc_gpu_backward, 2},
 };
 

@@ -226,6 +226,7 @@ void sc_future(struct am_worker *w);
 void sc_workers(struct am_worker *w);
 void sc_manual(struct am_worker *w);
 void sc_gpu_rpc(struct am_worker *w);
+void sc_gpu_join_stall(struct am_worker *w);
 void sc_gpu_backward(struct am_worker *w);
 int am_fn_gpu_scale(void *arg, const struct rdag_caller *who, const struct rdag_msg *in,
 		    rdag_reply_t *out);

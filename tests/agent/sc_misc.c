@@ -1306,6 +1306,73 @@ out:
 	free(h);
 }
 
+/*
+ * A peer that said yes to an NCCL communicator and then never joins it (SIM_NCCL_STALL_JOIN on
+ * worker 1: its joins never reach worker 0, and it never accepts worker 0's). Each side gives
+ * its joins up after the peer timeout: the calls and their replies go through host staging with
+ * every byte right, and both agents close (the communicators still joining are aborted) instead
+ * of waiting for a join that never ends. Needs the simulated driver and NCCL.
+ */
+void sc_gpu_join_stall(struct am_worker *w)
+{
+	int rc = gpu_init(), m01[2] = {1, -1}, m10[2] = {-1, 0};
+	struct rdag_peer_info pi;
+	struct gpu_info gi;
+	uint8_t *h = NULL;
+	void *d = NULL;
+	char why[160];
+
+	if (!rc)
+		gpu_probe(&gi);
+	if (rc || gi.ndevices < 2 || rdag_peer_info(w->a, (uint32_t)(1 - w->rank), &pi) ||
+	    !pi.gpu_path || strcmp(pi.gpu_path, "nccl")) {
+		if (w->rank == 0)
+			printf("skipped: gpu_join_stall needs 2 CUDA devices and the nccl path (the "
+			       "simulated driver and NCCL)\n");
+		w->skipped = true;
+		return;
+	}
+	am_phase(w, "gpu_join_stall: maps");
+	if (w->rank == 1)
+		CHECK(w, setenv("SIM_NCCL_STALL_JOIN", "1", 1) == 0, "setenv");
+	CHECK_RC(w, rdag_agent_set_device_map(w->a, (uint32_t)(1 - w->rank), w->rank ? m10 : m01, 2),
+		 0, "the device map");
+	am_barrier(w, "gpu_join_stall: mapped");
+	if (w->rank == 0) {
+		h = malloc(GR_BYTES);
+		CHECK(w, h && gpu_mem_alloc(0, GR_BYTES, &d) == 0, "device memory: %s",
+		      rdag_last_error());
+		/* The first waits out the join each way; the others find the pair on host staging. */
+		for (uint64_t i = 0; h && d && i < 3; i++) {
+			rdag_future_t *f = NULL;
+			struct rdag_msg res;
+
+			am_phase(w, "gpu_join_stall: a call");
+			mp_fill(h, GR_BYTES, 300 + i);
+			CHECK_RC(w, gpu_memcpy_htod(d, h, GR_BYTES), 0, "filling device 0");
+			rc = gr_call(w, 1, d, 0, 1, 300 + i, &f);
+			CHECK_RC(w, rc, 0, "call %llu: %s", (unsigned long long)i, rdag_last_error());
+			if (rc)
+				break;
+			CHECK_RC(w, rdag_future_result(f, &res), 0, "result");
+			CHECK(w, res.ntensors == 1, "%u result tensors", res.ntensors);
+			if (res.ntensors == 1 && gr_verify(&res.tensors[0], 0, 301 + i, why, sizeof(why)))
+				CHECK(w, 0, "call %llu: the reply: %s", (unsigned long long)i, why);
+			rdag_future_free(f);
+		}
+		gpu_mem_free(d);
+		free(h);
+	}
+	am_barrier(w, "gpu_join_stall: calls");
+	CHECK_RC(w, rdag_peer_info(w->a, (uint32_t)(1 - w->rank), &pi), 0, "rdag_peer_info");
+	CHECK(w, pi.gpu_tensors_out == 3 && pi.gpu_tensors_in == 3 && pi.gpu_nccl_tensors_out == 0 &&
+		 pi.gpu_nccl_tensors_in == 0,
+	      "device tensors %llu out, %llu in, %llu and %llu of them by NCCL; want 3, 3, 0, 0",
+	      (unsigned long long)pi.gpu_tensors_out, (unsigned long long)pi.gpu_tensors_in,
+	      (unsigned long long)pi.gpu_nccl_tensors_out, (unsigned long long)pi.gpu_nccl_tensors_in);
+	am_barrier(w, "gpu_join_stall: done");
+}
+
 /* ---- gpu_backward ---------------------------------------------------------------------------- */
 
 #define GB_N 4096u /* f32 elements: 16 KiB, eager */

@@ -301,7 +301,7 @@ static int sc_nccl(int rank, int sock)
 	struct gpu_nccl_req *req;
 	struct gpu_nccl_buf bufs[2];
 	int dev = device_of(rank), rc, v = 0;
-	unsigned long polls = 0;
+	unsigned long polls = 0, joins = 0;
 	void *d[2];
 
 	CHECK(host && back, "malloc");
@@ -316,7 +316,11 @@ static int sc_nccl(int rank, int sock)
 	} else {
 		xfer(sock, id, sizeof(id), 0);
 	}
-	CHECK(gpu_nccl_comm_open(id, sizeof(id), rank, dev, &c) == 0, "communicator");
+	CHECK(gpu_nccl_comm_open(id, sizeof(id), rank, dev, 30000, &c) == 0, "communicator");
+	/* A non-blocking join ends on its own once both called (no deadline here but the test's). */
+	while ((rc = gpu_nccl_comm_ready(c)) == RDAG_EAGAIN)
+		joins++;
+	CHECK(rc == 0, "joining: %s", rdag_last_error());
 	for (int i = 0; i < 2; i++) {
 		CHECK(gpu_mem_alloc(dev, GRAD_BYTES, &d[i]) == 0, "cuMemAlloc");
 		if (rank == 0) {
@@ -340,7 +344,8 @@ static int sc_nccl(int rank, int sock)
 			memset(host + bufs[i].len, 0, GRAD_BYTES - bufs[i].len);
 			CHECK(memcmp(back, host, GRAD_BYTES) == 0, "buffer %d differs", i);
 		}
-		printf("NCCL %d: 2 buffers received on GPU %d, bytes match (%lu polls)\n", v, dev, polls);
+		printf("NCCL %d: 2 buffers received on GPU %d, bytes match (%lu join polls, %lu polls)\n",
+		       v, dev, joins, polls);
 	}
 	for (int i = 0; i < 2; i++)
 		gpu_mem_free(d[i]);

@@ -5,7 +5,12 @@
  * - ncclGetUniqueId binds a listening Unix socket in the abstract namespace and puts its name in
  *   the id; the process that made the id must be rank 0 of the communicator (as rdag uses it).
  *   ncclCommInitRank blocks until both ranks joined (rank 0 waits at most SIM_NCCL_TIMEOUT_MS,
- *   60000 by default), on the thread's current device.
+ *   60000 by default), on the thread's current device. ncclCommInitRankConfig with blocking = 0
+ *   returns ncclInProgress at once and joins on a thread of its own: ncclCommGetAsyncError
+ *   says ncclInProgress until it ended, ncclCommAbort ends it early; groups on such a
+ *   communicator end with ncclInProgress (as NCCL's may), their transfers already queued.
+ * - SIM_NCCL_STALL_JOIN=1 makes this process's joins never reach the peer (a peer that said
+ *   yes and then hangs): a blocking join waits for ever, a non-blocking one until aborted.
  * - Only communicators of two ranks. ncclSend/ncclRecv need a buffer of the communicator's
  *   device (ncclInvalidArgument otherwise, as NCCL); they start at once, each direction on its
  *   own thread in posting order, and queue a wait on the stream: an event recorded after them
@@ -16,6 +21,7 @@
  *   ncclCommDestroy shut the socket and join the threads.
  */
 #include <errno.h>
+#include <stddef.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -48,9 +54,15 @@ struct sim_queue {
 };
 
 struct ncclComm {
-	int fd;
+	int fd;                 /* -1 until connected */
+	int lfd;                /* rank 0's listener while it joins, or -1 */
 	int rank;
 	int device;
+	int nonblocking;
+	char name[sizeof(((ncclUniqueId *)0)->internal)];
+	atomic_int joining;     /* a non-blocking join runs */
+	int join_started, threads_started;
+	pthread_t join_thr;
 	pthread_mutex_t lock;
 	pthread_cond_t cond;
 	struct sim_queue tx, rx;
@@ -65,6 +77,7 @@ static struct {
 	int fd;
 } listeners[SIM_MAX_LISTENERS];
 static unsigned long id_seq;
+static _Thread_local int group_nonblocking; /* a group touched a non-blocking communicator */
 
 ncclResult_t ncclGetVersion(int *v)
 {
@@ -247,11 +260,19 @@ static void comm_end(struct ncclComm *c)
 	pthread_mutex_lock(&c->lock);
 	c->stop = 1;
 	pthread_cond_broadcast(&c->cond);
+	if (c->fd >= 0)
+		shutdown(c->fd, SHUT_RDWR); /* a thread inside send or recv returns */
 	pthread_mutex_unlock(&c->lock);
-	shutdown(c->fd, SHUT_RDWR); /* a thread inside send or recv returns */
-	pthread_join(c->tx_thr, NULL);
-	pthread_join(c->rx_thr, NULL);
-	close(c->fd);
+	if (c->join_started)
+		pthread_join(c->join_thr, NULL);
+	if (c->threads_started) {
+		pthread_join(c->tx_thr, NULL);
+		pthread_join(c->rx_thr, NULL);
+	}
+	if (c->fd >= 0)
+		close(c->fd);
+	if (c->lfd >= 0)
+		close(c->lfd);
 	drop_queue(&c->tx);
 	drop_queue(&c->rx);
 	pthread_cond_destroy(&c->cond);
@@ -259,33 +280,48 @@ static void comm_end(struct ncclComm *c)
 	free(c);
 }
 
-ncclResult_t ncclCommInitRank(ncclComm_t *out, int nranks, ncclUniqueId id, int rank)
+static int stopped(struct ncclComm *c)
 {
-	struct ncclComm *c;
+	int stop;
+
+	pthread_mutex_lock(&c->lock);
+	stop = c->stop;
+	pthread_mutex_unlock(&c->lock);
+	return stop;
+}
+
+/* Connects c to its peer and starts its transfer threads. */
+static ncclResult_t join(struct ncclComm *c)
+{
 	int fd = -1, peer = -1;
 
-	*out = NULL;
-	if (nranks != 2 || (rank != 0 && rank != 1))
-		return ncclInvalidArgument; /* this simulation knows pairs only */
-	if (strncmp(id.internal, SIM_MAGIC, strlen(SIM_MAGIC)) || !memchr(id.internal, 0, sizeof(id.internal)))
-		return ncclInvalidArgument;
-	if (sim_current_device() < 0)
-		return ncclUnhandledCudaError;
-	if (rank == 0) {
+	if (getenv("SIM_NCCL_STALL_JOIN") && !strcmp(getenv("SIM_NCCL_STALL_JOIN"), "1")) {
+		pthread_mutex_lock(&c->lock);
+		while (!c->stop) /* a blocking join: for ever */
+			pthread_cond_wait(&c->cond, &c->lock);
+		pthread_mutex_unlock(&c->lock);
+		return ncclSystemError;
+	}
+	if (c->rank == 0) {
 		const char *t = getenv("SIM_NCCL_TIMEOUT_MS");
-		struct pollfd pf;
-		int lfd = take_listener(id.internal);
+		int left = t && t[0] ? atoi(t) : 60000;
+		struct pollfd pf = {.fd = c->lfd, .events = POLLIN};
 
-		if (lfd < 0)
-			return ncclInvalidUsage; /* rank 0 must be the process that made the id */
-		pf.fd = lfd;
-		pf.events = POLLIN;
-		if (poll(&pf, 1, t && t[0] ? atoi(t) : 60000) == 1)
-			fd = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
-		close(lfd);
+		/* In steps, so that an abort ends the wait. */
+		while (left > 0 && !stopped(c)) {
+			int n = poll(&pf, 1, left < 50 ? left : 50);
+
+			if (n == 1) {
+				fd = accept4(c->lfd, NULL, NULL, SOCK_CLOEXEC);
+				break;
+			}
+			if (n < 0 && errno != EINTR)
+				break;
+			left -= 50;
+		}
 	} else {
 		struct sockaddr_un sa;
-		socklen_t sl = sock_addr(id.internal, &sa);
+		socklen_t sl = sock_addr(c->name, &sa);
 
 		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 		if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, sl)) {
@@ -295,38 +331,115 @@ ncclResult_t ncclCommInitRank(ncclComm_t *out, int nranks, ncclUniqueId id, int 
 	}
 	if (fd < 0)
 		return ncclSystemError;
-	if (io_all(fd, &rank, sizeof(rank), 1) || io_all(fd, &peer, sizeof(peer), 0) ||
-	    peer != 1 - rank) {
-		close(fd);
-		return ncclRemoteError;
-	}
-	c = calloc(1, sizeof(*c));
-	if (!c) {
-		close(fd);
-		return ncclSystemError;
-	}
+	pthread_mutex_lock(&c->lock);
 	c->fd = fd;
-	c->rank = rank;
-	c->device = sim_current_device();
-	pthread_mutex_init(&c->lock, NULL);
-	pthread_cond_init(&c->cond, NULL);
-	if (pthread_create(&c->tx_thr, NULL, tx_main, c)) {
-		close(fd);
-		free(c);
+	if (c->stop)
+		shutdown(fd, SHUT_RDWR);
+	pthread_mutex_unlock(&c->lock);
+	if (io_all(fd, &c->rank, sizeof(c->rank), 1) || io_all(fd, &peer, sizeof(peer), 0) ||
+	    peer != 1 - c->rank)
+		return ncclRemoteError;
+	if (pthread_create(&c->tx_thr, NULL, tx_main, c))
 		return ncclSystemError;
-	}
 	if (pthread_create(&c->rx_thr, NULL, rx_main, c)) {
 		pthread_mutex_lock(&c->lock);
 		c->stop = 1;
 		pthread_cond_broadcast(&c->cond);
 		pthread_mutex_unlock(&c->lock);
 		pthread_join(c->tx_thr, NULL);
-		close(fd);
-		free(c);
 		return ncclSystemError;
+	}
+	c->threads_started = 1;
+	return ncclSuccess;
+}
+
+static void *join_main(void *arg)
+{
+	struct ncclComm *c = arg;
+	ncclResult_t r = join(c);
+
+	if (r != ncclSuccess)
+		fail(c, r);
+	atomic_store(&c->joining, 0);
+	return NULL;
+}
+
+/* A communicator of two ranks to join, or NULL with *r set. */
+static struct ncclComm *comm_new(int nranks, const ncclUniqueId *id, int rank, ncclResult_t *r)
+{
+	struct ncclComm *c;
+
+	*r = ncclInvalidArgument;
+	if (nranks != 2 || (rank != 0 && rank != 1))
+		return NULL; /* this simulation knows pairs only */
+	if (strncmp(id->internal, SIM_MAGIC, strlen(SIM_MAGIC)) ||
+	    !memchr(id->internal, 0, sizeof(id->internal)))
+		return NULL;
+	*r = ncclUnhandledCudaError;
+	if (sim_current_device() < 0)
+		return NULL;
+	*r = ncclSystemError;
+	c = calloc(1, sizeof(*c));
+	if (!c)
+		return NULL;
+	c->fd = -1;
+	c->lfd = -1;
+	c->rank = rank;
+	c->device = sim_current_device();
+	memcpy(c->name, id->internal, sizeof(c->name));
+	if (rank == 0 && (c->lfd = take_listener(id->internal)) < 0) {
+		free(c);
+		*r = ncclInvalidUsage; /* rank 0 must be the process that made the id */
+		return NULL;
+	}
+	pthread_mutex_init(&c->lock, NULL);
+	pthread_cond_init(&c->cond, NULL);
+	*r = ncclSuccess;
+	return c;
+}
+
+ncclResult_t ncclCommInitRank(ncclComm_t *out, int nranks, ncclUniqueId id, int rank)
+{
+	ncclResult_t r;
+	struct ncclComm *c;
+
+	*out = NULL;
+	c = comm_new(nranks, &id, rank, &r);
+	if (!c)
+		return r;
+	r = join(c);
+	if (r != ncclSuccess) {
+		comm_end(c);
+		return r;
 	}
 	*out = c;
 	return ncclSuccess;
+}
+
+ncclResult_t ncclCommInitRankConfig(ncclComm_t *out, int nranks, ncclUniqueId id, int rank,
+				    ncclConfig_t *config)
+{
+	ncclResult_t r;
+	struct ncclComm *c;
+
+	if (!config || config->magic != 0xcafebeef ||
+	    config->size < offsetof(ncclConfig_t, blocking) + sizeof(int))
+		return ncclInvalidArgument;
+	if (config->blocking != 0)
+		return ncclCommInitRank(out, nranks, id, rank);
+	*out = NULL;
+	c = comm_new(nranks, &id, rank, &r);
+	if (!c)
+		return r;
+	c->nonblocking = 1;
+	atomic_store(&c->joining, 1);
+	if (pthread_create(&c->join_thr, NULL, join_main, c)) {
+		comm_end(c);
+		return ncclSystemError;
+	}
+	c->join_started = 1;
+	*out = c;
+	return ncclInProgress;
 }
 
 ncclResult_t ncclCommDestroy(ncclComm_t c)
@@ -346,7 +459,7 @@ ncclResult_t ncclCommGetAsyncError(ncclComm_t c, ncclResult_t *r)
 {
 	if (!c || !r)
 		return ncclInvalidArgument;
-	*r = (ncclResult_t)atomic_load(&c->error);
+	*r = atomic_load(&c->joining) ? ncclInProgress : (ncclResult_t)atomic_load(&c->error);
 	return ncclSuccess;
 }
 
@@ -372,6 +485,9 @@ static ncclResult_t post(const void *buf, size_t count, ncclDataType_t t, int pe
 
 	if (!c || !stream || !type_size(t) || peer != 1 - c->rank)
 		return ncclInvalidArgument;
+	if (atomic_load(&c->joining))
+		return ncclInvalidUsage; /* rdag never posts before the join ended */
+	group_nonblocking |= c->nonblocking;
 	if (atomic_load(&c->error) != ncclSuccess)
 		return (ncclResult_t)atomic_load(&c->error);
 	if (!count)
@@ -415,10 +531,14 @@ ncclResult_t ncclRecv(void *buf, size_t count, ncclDataType_t t, int peer, ncclC
 
 ncclResult_t ncclGroupStart(void)
 {
+	group_nonblocking = 0;
 	return ncclSuccess;
 }
 
 ncclResult_t ncclGroupEnd(void)
 {
-	return ncclSuccess;
+	int nb = group_nonblocking;
+
+	group_nonblocking = 0;
+	return nb ? ncclInProgress : ncclSuccess;
 }

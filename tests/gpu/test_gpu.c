@@ -407,7 +407,7 @@ static void all_refused(int code)
 	if (gpu_built()) /* CUDA without NCCL: the NCCL calls say NCCL is missing */
 		code = RDAG_ENONCCL;
 #endif
-	CHILD_CHECK(gpu_nccl_comm_open(id, sizeof(id), 0, 0, &nc) == code && nc == NULL);
+	CHILD_CHECK(gpu_nccl_comm_open(id, sizeof(id), 0, 0, 0, &nc) == code && nc == NULL);
 	/* Nothing is device memory then: host pointers classify as host. */
 	CHILD_CHECK(gpu_ptr_classify(host, &pi) == 0 && pi.type == GPU_MEM_HOST && pi.device == -1 &&
 		    pi.buffer_id == 0);
@@ -551,8 +551,9 @@ static void child_nccl_here(void)
 	CHILD_CHECK(gpu_nccl_load(&v) == 0 && v >= 20000);
 	printf("NCCL version %d\n", v);
 	CHILD_CHECK(gpu_nccl_id_create(id, sizeof(id)) == RDAG_ENOSPC);
-	CHILD_CHECK(gpu_nccl_comm_open(id, sizeof(id), 0, 0, &(struct gpu_nccl_comm *){NULL}) == RDAG_EINVAL);
-	CHILD_CHECK(gpu_nccl_comm_open((uint8_t[GPU_NCCL_ID_BYTES]){0}, GPU_NCCL_ID_BYTES, 2, 0,
+	CHILD_CHECK(gpu_nccl_comm_open(id, sizeof(id), 0, 0, 0, &(struct gpu_nccl_comm *){NULL}) ==
+		    RDAG_EINVAL);
+	CHILD_CHECK(gpu_nccl_comm_open((uint8_t[GPU_NCCL_ID_BYTES]){0}, GPU_NCCL_ID_BYTES, 2, 0, 0,
 				       &(struct gpu_nccl_comm *){NULL}) == RDAG_EINVAL);
 #endif
 }
