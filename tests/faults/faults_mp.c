@@ -27,10 +27,11 @@
 /*
  * Usage: faults_mp [-n workers] [-t seconds] [-p shm|tcp_rxm|provider] scenario
  *
- * RDAG_TEST_BIG_MIB (default 64) sizes kill_reply's and kill_grad's tensors. A pass moving it
- * must take well under RDAG_PEER_TIMEOUT_MS: RDMA writes arriving are not "heard" by the
- * keepalive, so a peer busy writing one tensor for longer than the timeout is declared dead
- * (docs/reliability.md). The Soft-RoCE VM list uses 8 MiB.
+ * RDAG_TEST_BIG_MIB (default 64) sizes kill_reply's and kill_grad's tensors. RDMA writes
+ * arriving are not "heard" by the keepalive: a writer stays alive by its keepalive answers,
+ * which wait behind at most the write window (RDAG_WRITE_WINDOW), so a link must move a window
+ * well within RDAG_PEER_TIMEOUT_MS (docs/reliability.md); the Soft-RoCE VM moves 64 MiB in
+ * about a second.
  *
  * The parent forks the workers (tests/common's harness); the victim is the last rank. Every
  * worker sets RDAG_PEER_TIMEOUT_MS=2000 (FT_TIMEOUT_MS). Scenarios:
